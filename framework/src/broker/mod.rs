@@ -1,0 +1,169 @@
+//! The broker: the seam between one node and the cluster.
+//!
+//! A node never talks to another node directly. Everything that crosses
+//! nodes goes through a [`Broker`]:
+//!
+//! - **service events** (`switchboard.inbound`): a producer hands one in, the
+//!   broker gives it to exactly one node's [`NodeSink::process_event`], and
+//!   considers it done only when that call returns `Ok`;
+//! - **deliveries**: an addressed, already-serialized envelope that must reach
+//!   every matching session, wherever it is connected; the broker passes it
+//!   to [`NodeSink::deliver_local`] on each node that may hold such a session;
+//! - **client messages out** (`switchboard.outbound`): envelopes a handler
+//!   forwards to backend services.
+//!
+//! [`embedded::EmbeddedBroker`] (one process, nothing survives a restart) is
+//! the default; a RabbitMQ implementation lets several nodes act as one.
+//!
+//! # Guarantees an implementation must give
+//!
+//! - A publish method resolves `Ok` only once the message is safely accepted:
+//!   confirmed by RabbitMQ, or queued in memory for the embedded broker. On
+//!   any doubt (nack, returned, connection lost before the confirm) it
+//!   retries with the same `messageId` or returns an error; it never drops a
+//!   message silently.
+//! - An event whose processing fails with [`EventError::Retry`] is offered
+//!   again, a bounded number of times, then dead-lettered with the reason;
+//!   [`EventError::Reject`] dead-letters it at once.
+//! - A delivery reaches each node's `deliver_local` at most once; a node that
+//!   holds none of the addressed sessions may be skipped.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::envelope::{Envelope, Refusal};
+
+/// A delivery: an addressed envelope and its JSON text, serialized once and
+/// shared by every session it goes to.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The envelope, for addressing.
+    pub envelope: Arc<Envelope>,
+    /// The envelope as JSON text, exactly as sessions receive it.
+    pub text: Arc<str>,
+}
+
+impl Delivery {
+    /// Serializes `envelope` once into a delivery.
+    pub fn new(envelope: Envelope) -> Self {
+        let text: Arc<str> = Arc::from(envelope.to_json());
+        Delivery {
+            envelope: Arc::new(envelope),
+            text,
+        }
+    }
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker is not reachable now (connecting, reconnecting, closed).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (nack) after every retry.
+    #[error("broker refused the message {message_id} after {attempts} attempts")]
+    Refused {
+        /// The message's id.
+        message_id: String,
+        /// How many times it was tried.
+        attempts: u32,
+    },
+    /// No confirm came within the publish timeout.
+    #[error("no broker confirm for {message_id} within the publish timeout")]
+    Timeout {
+        /// The message's id.
+        message_id: String,
+    },
+    /// The node is shutting down and takes no new messages.
+    #[error("broker is shutting down")]
+    ShuttingDown,
+    /// Connecting or declaring the topology failed at start.
+    #[error("broker setup failed: {0}")]
+    Setup(String),
+}
+
+/// The outcome of processing one service event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The event can never succeed (invalid, unknown business type, refused
+    /// by the handler): dead-letter it with this reason, do not retry.
+    #[error("rejected: {0}")]
+    Reject(Refusal),
+    /// Processing failed for a reason that may pass (handler error, broker
+    /// unavailable): retry, then dead-letter after the configured retries.
+    #[error("retry: {0}")]
+    Retry(String),
+}
+
+/// What a broker calls on its node.
+#[async_trait]
+pub trait NodeSink: Send + Sync + 'static {
+    /// Processes one service event. Returns once everything the handler
+    /// produced has been handed on; only then may the broker consider the
+    /// event done.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError`] saying whether to dead-letter or retry.
+    async fn process_event(&self, event: Envelope) -> Result<(), EventError>;
+
+    /// Hands a delivery to this node's matching sessions; returns how many
+    /// sessions it was queued for. Never blocks.
+    fn deliver_local(&self, delivery: &Delivery) -> usize;
+
+    /// Whether a session of `unique_id` is connected to this node.
+    fn has_local_user(&self, unique_id: &str) -> bool;
+}
+
+/// A message broker as the node sees it. See the module docs for the
+/// guarantees every implementation gives.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A short name for logs: `embedded` or `rabbitmq`.
+    fn kind(&self) -> &'static str;
+
+    /// Connects, declares the topology and starts consuming, calling `node`
+    /// for each event and delivery. Called once, before the node listens.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Setup`] when the first connection or declaration fails.
+    async fn start(&self, node: Arc<dyn NodeSink>) -> Result<(), BrokerError>;
+
+    /// Publishes a service event to `switchboard.inbound`.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when it could not be safely accepted.
+    async fn publish_event(&self, event: &Envelope) -> Result<(), BrokerError>;
+
+    /// Publishes a client message for backend services to
+    /// `switchboard.outbound`.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when it could not be safely accepted.
+    async fn publish_outbound(&self, message: &Envelope) -> Result<(), BrokerError>;
+
+    /// Routes a delivery to every node that may hold an addressed session.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when it could not be handed on.
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BrokerError>;
+
+    /// Tells the broker that whether this node holds a session of
+    /// `unique_id` may have changed; the broker asks
+    /// [`NodeSink::has_local_user`] for the current answer. Never blocks.
+    fn user_presence_changed(&self, unique_id: &str);
+
+    /// Whether the broker is usable now (drives `/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Stops consuming and hands unacknowledged work back to the broker,
+    /// then closes. Waits at most for in-flight work to finish.
+    async fn shutdown(&self);
+}

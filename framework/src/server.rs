@@ -1,0 +1,218 @@
+//! Building and running a node: bind, serve, drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ApiKeys, Authenticator};
+use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::node::Node;
+use crate::registry::HandlerRegistry;
+use crate::routes;
+use crate::token::TokenSigner;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address from `server.bind`.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker could not be reached or set up.
+    #[error("broker setup failed")]
+    Broker(#[from] BrokerError),
+}
+
+/// A node that is bound and ready to serve.
+pub struct Server {
+    node: Arc<Node>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Builds a node from `config` and `registry`: connects the broker,
+    /// declares its topology, and binds the listener. Nothing is served until
+    /// [`Server::serve`].
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] when the broker or the listener cannot be set up.
+    pub async fn bind(config: Config, registry: HandlerRegistry) -> Result<Server, StartError> {
+        let node_id = config.node.id.clone().unwrap_or_else(|| {
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("node-{}", &suffix[..8])
+        });
+        let signer = match &config.auth.secret {
+            Some(secret) => TokenSigner::new(secret.as_bytes()),
+            None => {
+                tracing::warn!(
+                    target: "switchboard::server",
+                    "auth.secret is unset: tokens are signed with a random key that only this \
+                     process knows; set it for more than one node"
+                );
+                TokenSigner::random()
+            }
+        };
+        let authenticator: Arc<dyn Authenticator> = Arc::new(ApiKeys::new(&config.auth.api_keys));
+        if authenticator.is_open() {
+            tracing::warn!(
+                target: "switchboard::server",
+                "auth.api_keys is empty: anyone who can reach this port may issue tokens and \
+                 publish events"
+            );
+        }
+        let broker = make_broker(&config, &node_id).await?;
+
+        let addr = config.server.bind;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+
+        let node = Node::new(
+            config,
+            node_id,
+            registry,
+            broker.clone(),
+            signer,
+            authenticator,
+        );
+        broker.start(node.clone()).await?;
+        Ok(Server {
+            node,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node this server runs.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, closes
+    /// every session with 1001, lets the broker finish or hand back in-flight
+    /// work, all within `server.shutdown_grace_secs`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Server { node, listener, .. } = self;
+        let routes = routes::routes(node.clone());
+        let drain = {
+            let node = node.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(target: "switchboard::server", "draining");
+                node.begin_drain();
+            }
+        };
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(drain)
+            .run()
+            .await;
+
+        // warp does not track upgraded sockets; the sessions close themselves
+        // on the drain signal, and we wait for them here.
+        let grace = Duration::from_secs(node.config().server.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, node.session_tasks().wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "switchboard::server",
+                sessions = node.hub().session_count(),
+                "sessions still open at the end of the grace period"
+            );
+        }
+        if tokio::time::timeout_at(deadline, node.broker().shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "switchboard::server",
+                "broker work still in flight at the end of the grace period"
+            );
+        }
+        tracing::info!(target: "switchboard::server", "stopped");
+    }
+
+    /// Serves in a background task; for tests and embedding. The returned
+    /// handle stops it.
+    pub fn spawn(self) -> ServerHandle {
+        let stop = CancellationToken::new();
+        let addr = self.local_addr;
+        let node = self.node.clone();
+        let signal = stop.clone().cancelled_owned();
+        let task = tokio::spawn(self.serve(signal));
+        ServerHandle {
+            addr,
+            node,
+            stop,
+            task,
+        }
+    }
+}
+
+/// A server running in the background.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    node: Arc<Node>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Drains and waits until the server has stopped.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn make_broker(config: &Config, node_id: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+    let _ = node_id;
+    let timeout = Duration::from_secs(config.broker.publish_timeout_secs);
+    match &config.broker.url {
+        None => Ok(Arc::new(EmbeddedBroker::new(
+            config.broker.max_retries,
+            timeout,
+        ))),
+        Some(_) => Err(BrokerError::Setup(
+            "RabbitMQ support is not built in yet".into(),
+        )),
+    }
+}

@@ -1,0 +1,376 @@
+//! One WebSocket session, from `CONNECTED` to its close.
+//!
+//! Each session is one task that waits on five things at once: the client's
+//! next frame, the session's outbound queue, the ping timer, the idle
+//! deadline, and a request to end (from the hub when the queue overflows, or
+//! from the node when it drains). Frames from the client are handled in
+//! order, one at a time; a client that floods is slowed by TCP, not buffered.
+//!
+//! Every way a session can end is a [`SessionEnd`], and [`SessionEnd::close`]
+//! is the one place that picks its close code and log level.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use warp::ws::{Message, WebSocket};
+
+use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal, salvage_message_id};
+use crate::handler::ClientInfo;
+use crate::hub::{Outbound, SessionHandle};
+use crate::node::Node;
+use crate::token::Claims;
+
+/// How long one write to a client may take before the client counts as not
+/// reading. Fan-out never waits this long (it only queues); this bounds the
+/// session's own task.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Queued frames written with one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Close codes this service sends. 1000-1015 are the standard's; 4000-4999
+/// are ours.
+pub mod close_code {
+    /// The client closed, or a handler ended the session.
+    pub const NORMAL: u16 = 1000;
+    /// The node is shutting down; reconnect (to another node).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than `ws.max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// An unexpected server error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Nothing received (not even a pong) within `ws.idle_timeout_secs`.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The client did not read: its send queue filled or a write stalled.
+    pub const SLOW_CLIENT: u16 = 4001;
+}
+
+/// Every way a session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent a close frame or closed the connection.
+    ClientClosed,
+    /// The client sent nothing within the idle timeout.
+    IdleTimeout,
+    /// The client sent a frame over the size limit.
+    MessageTooBig,
+    /// The node is draining.
+    Shutdown,
+    /// The client did not read fast enough.
+    SlowClient,
+    /// The connection failed (reset, protocol violation).
+    Transport(String),
+    /// Ended by the server for another reason.
+    Kicked,
+}
+
+impl SessionEnd {
+    /// The close code and reason to send, if a close frame can still be sent.
+    pub fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            SessionEnd::ClientClosed => None,
+            SessionEnd::IdleTimeout => Some((close_code::IDLE_TIMEOUT, "idle timeout")),
+            SessionEnd::MessageTooBig => Some((close_code::MESSAGE_TOO_BIG, "frame too large")),
+            SessionEnd::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
+            SessionEnd::SlowClient => Some((close_code::SLOW_CLIENT, "client not reading")),
+            SessionEnd::Transport(_) => None,
+            SessionEnd::Kicked => Some((close_code::NORMAL, "closed by server")),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            SessionEnd::ClientClosed => "client_closed",
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::MessageTooBig => "message_too_big",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::SlowClient => "slow_client",
+            SessionEnd::Transport(_) => "transport_error",
+            SessionEnd::Kicked => "kicked",
+        }
+    }
+
+    /// Logs the end once, at the level its cause calls for: client
+    /// misbehaviour at INFO, everything routine at DEBUG.
+    fn log(&self, info: &ClientInfo) {
+        let session_id = info.session_id.as_str();
+        let unique_id = info.unique_id.as_str();
+        let client_type = info.client_type.as_str();
+        let reason = self.label();
+        match self {
+            SessionEnd::MessageTooBig | SessionEnd::SlowClient => tracing::info!(
+                target: "switchboard::ws",
+                session_id, unique_id, client_type, reason,
+                "session closed for client misbehaviour"
+            ),
+            SessionEnd::Transport(error) => tracing::debug!(
+                target: "switchboard::ws",
+                session_id, unique_id, client_type, reason, error = %error,
+                "session ended"
+            ),
+            _ => tracing::debug!(
+                target: "switchboard::ws",
+                session_id, unique_id, client_type, reason,
+                "session ended"
+            ),
+        }
+    }
+}
+
+/// Runs a session on an upgraded socket until it ends.
+pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
+    let config = &node.config().ws;
+    let (tx, mut rx) = mpsc::channel::<Outbound>(config.send_queue_len);
+    let id = node.hub().next_session_id();
+    let info = ClientInfo {
+        session_id: format!("{}-{id}", node.node_id()),
+        unique_id: claims.unique_id,
+        client_type: claims.client_type,
+    };
+    let handle = Arc::new(SessionHandle::new(
+        id,
+        info.unique_id.clone(),
+        info.client_type.clone(),
+        tx,
+    ));
+
+    // Register before CONNECTED is written, so that anything published
+    // after the client saw CONNECTED reaches it.
+    if node
+        .hub()
+        .register(handle.clone(), &claims.tags, &claims.businesses)
+    {
+        node.broker().user_presence_changed(&info.unique_id);
+    }
+    tracing::debug!(
+        target: "switchboard::ws",
+        session_id = %info.session_id, unique_id = %info.unique_id,
+        client_type = %info.client_type,
+        "session connected"
+    );
+
+    let (mut sink, mut stream) = socket.split();
+    let connected = connected_frame(&node, &info, &claims.tags, &claims.businesses);
+    let end = match write_all(&mut sink, &handle, [Message::text(connected.to_json())]).await {
+        Err(end) => end,
+        Ok(()) => session_loop(&node, &info, &handle, &mut sink, &mut stream, &mut rx).await,
+    };
+
+    // Unregister first, so no new frame is queued for a dying session.
+    if node.hub().unregister(&handle) {
+        node.broker().user_presence_changed(&info.unique_id);
+    }
+    end.log(&info);
+    if let Some((code, reason)) = end.close() {
+        let close = Message::close_with(code, reason);
+        // The client may be gone or not reading: bounded, best effort.
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+async fn session_loop(
+    node: &Arc<Node>,
+    info: &ClientInfo,
+    handle: &SessionHandle,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> SessionEnd {
+    let config = &node.config().ws;
+    let shutdown = node.shutdown_token();
+
+    let ping_every = Duration::from_secs(config.ping_interval_secs);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every.max(MIN_TICK));
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let idle_limit = Duration::from_secs(config.idle_timeout_secs);
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
+    let mut refusals_logged = 0u32;
+
+    loop {
+        tokio::select! {
+            biased;
+            reason = handle.ended() => return reason,
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            frame = rx.recv() => {
+                // The hub holds a sender as long as the session is registered,
+                // so the queue cannot close while this loop runs.
+                let Some(first) = frame else { return SessionEnd::Kicked };
+                let mut batch = vec![Message::text(&*first)];
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(Message::text(&*next)),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(end) = write_all(sink, handle, batch).await {
+                    return end;
+                }
+            }
+            frame = stream.next() => {
+                let message = match frame {
+                    None => return SessionEnd::ClientClosed,
+                    Some(Err(err)) => return read_error(&err),
+                    Some(Ok(message)) => message,
+                };
+                if config.idle_timeout_secs != 0 {
+                    idle.as_mut().reset(Instant::now() + idle_limit);
+                }
+                if message.is_close() {
+                    return SessionEnd::ClientClosed;
+                }
+                if message.is_ping() || message.is_pong() {
+                    continue;
+                }
+                let answers = if let Ok(text) = message.to_str() {
+                    answer_text(node, info, handle, text, &mut refusals_logged).await
+                } else {
+                    let refusal = Refusal::new(
+                        ErrorCode::UnsupportedFrame,
+                        "only text frames holding one JSON envelope are accepted",
+                    );
+                    log_refusal(info, &refusal, &mut refusals_logged);
+                    vec![Envelope::error(&refusal, None)]
+                };
+                let answers: Vec<Message> =
+                    answers.into_iter().map(|env| Message::text(env.to_json())).collect();
+                if let Err(end) = write_all(sink, handle, answers).await {
+                    return end;
+                }
+            }
+            _ = ping.tick(), if config.ping_interval_secs != 0 => {
+                if let Err(end) = write_all(sink, handle, [Message::ping(Vec::new())]).await {
+                    return end;
+                }
+            }
+            () = &mut idle, if config.idle_timeout_secs != 0 => return SessionEnd::IdleTimeout,
+        }
+    }
+}
+
+/// Shortest timer period; `interval` refuses a zero period even when the
+/// branch that uses it is disabled.
+const MIN_TICK: Duration = Duration::from_millis(1);
+
+async fn answer_text(
+    node: &Arc<Node>,
+    info: &ClientInfo,
+    handle: &SessionHandle,
+    text: &str,
+    refusals_logged: &mut u32,
+) -> Vec<Envelope> {
+    let envelope = match Envelope::parse(text) {
+        Ok(envelope) => envelope,
+        Err(refusal) => {
+            log_refusal(info, &refusal, refusals_logged);
+            return vec![Envelope::error(
+                &refusal,
+                salvage_message_id(text).as_deref(),
+            )];
+        }
+    };
+    let answers = node.on_client_envelope(info, handle.id, envelope).await;
+    for answer in &answers {
+        if answer.message_type == Some(MessageType::Error) {
+            let code = answer
+                .content
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("");
+            tracing::debug!(
+                target: "switchboard::ws",
+                session_id = %info.session_id, unique_id = %info.unique_id,
+                code, "client frame refused"
+            );
+        }
+    }
+    answers
+}
+
+/// Logs a client's malformed frame: the first few of a session at INFO, the
+/// rest at DEBUG, so one misbehaving client cannot flood the log.
+fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
+    const AT_INFO: u32 = 3;
+    let code = refusal.code.as_str();
+    if *logged < AT_INFO {
+        *logged += 1;
+        tracing::info!(
+            target: "switchboard::ws",
+            session_id = %info.session_id, unique_id = %info.unique_id,
+            code, error = %refusal.message,
+            "malformed client frame"
+        );
+    } else {
+        tracing::debug!(
+            target: "switchboard::ws",
+            session_id = %info.session_id, code, "malformed client frame"
+        );
+    }
+}
+
+fn read_error(err: &warp::Error) -> SessionEnd {
+    use std::error::Error as _;
+    let too_big = err
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+    if too_big {
+        SessionEnd::MessageTooBig
+    } else {
+        SessionEnd::Transport(err.to_string())
+    }
+}
+
+/// Writes `messages` with one flush, giving up when the session is asked to
+/// end or the write stalls past [`WRITE_TIMEOUT`].
+async fn write_all(
+    sink: &mut Sink,
+    handle: &SessionHandle,
+    messages: impl IntoIterator<Item = Message>,
+) -> Result<(), SessionEnd> {
+    let write = async {
+        for message in messages {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(SessionEnd::Transport(err.to_string())),
+            Err(_) => Err(SessionEnd::SlowClient),
+        },
+        reason = handle.ended() => Err(reason),
+    }
+}
+
+fn connected_frame(
+    node: &Node,
+    info: &ClientInfo,
+    tags: &[String],
+    businesses: &[String],
+) -> Envelope {
+    let ws = &node.config().ws;
+    let mut env = Envelope::new(MessageType::Connected);
+    env.to_unique_id = Some(info.unique_id.clone());
+    env.to_client_type = Some(info.client_type.clone());
+    env.content = serde_json::json!({
+        "sessionId": info.session_id,
+        "uniqueId": info.unique_id,
+        "clientType": info.client_type,
+        "nodeId": node.node_id(),
+        "pingIntervalSecs": ws.ping_interval_secs,
+        "idleTimeoutSecs": ws.idle_timeout_secs,
+        "maxMessageBytes": ws.max_message_bytes,
+        "tags": tags,
+        "businesses": businesses,
+    });
+    env.stamp();
+    env
+}
