@@ -1,0 +1,3 @@
+//! The workspace's integration tests, one binary with topical modules.
+
+mod smoke;
