@@ -164,10 +164,17 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
         node.broker().user_presence_changed(&info.unique_id);
     }
     end.log(&info);
+
+    // The client may be gone or not reading: every write here is bounded and
+    // best effort.
+    let last_write = Duration::from_secs(1);
     if let Some((code, reason)) = end.close() {
         let close = Message::close_with(code, reason);
-        // The client may be gone or not reading: bounded, best effort.
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+        let _ = tokio::time::timeout(last_write, sink.send(close)).await;
+    } else if end == SessionEnd::ClientClosed {
+        // A client's close frame must be answered with one (RFC 6455, 5.5.1).
+        // The socket queued the answer when it read the close; a flush sends it.
+        let _ = tokio::time::timeout(last_write, sink.flush()).await;
     }
 }
 
