@@ -219,10 +219,7 @@ impl Envelope {
     /// of the wrong type, or breaks a size limit ([`MAX_NAME_LEN`],
     /// [`MAX_TARGETS`]). The message names the problem, never the content.
     pub fn parse(text: &str) -> Result<Envelope, Refusal> {
-        let envelope: Envelope = serde_json::from_str(text)
-            .map_err(|err| Refusal::invalid(format!("not a valid envelope: {err}")))?;
-        envelope.check_limits()?;
-        Ok(envelope)
+        Self::parse_bytes(text.as_bytes())
     }
 
     /// Like [`Envelope::parse`], for raw bytes that may not be UTF-8.
@@ -231,6 +228,14 @@ impl Envelope {
     ///
     /// As [`Envelope::parse`].
     pub fn parse_bytes(bytes: &[u8]) -> Result<Envelope, Refusal> {
+        // serde also reads a struct from a JSON array of its fields in order;
+        // the protocol's envelope is an object only.
+        let first = bytes
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first != Some(&b'{') {
+            return Err(Refusal::invalid("not a valid envelope: not a JSON object"));
+        }
         let envelope: Envelope = serde_json::from_slice(bytes)
             .map_err(|err| Refusal::invalid(format!("not a valid envelope: {err}")))?;
         envelope.check_limits()?;
@@ -396,6 +401,23 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidMessage);
         let err = Envelope::parse("[1,2]").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidMessage);
+    }
+
+    /// Only a JSON object is an envelope: an array of the fields in order,
+    /// which serde would read into the struct, is refused.
+    #[test]
+    fn only_objects_are_envelopes() {
+        for text in [
+            "[]",
+            r#"[null, null, "UNICAST", "HEARTBEAT"]"#,
+            " \n[]",
+            "5",
+            "",
+        ] {
+            let err = Envelope::parse(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidMessage, "{text}");
+        }
+        assert!(Envelope::parse(" \r\n\t{\"messageType\":\"HEARTBEAT\"}").is_ok());
     }
 
     /// Too many targets are refused before anything looks at them.

@@ -38,6 +38,11 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The node is shutting down; reconnect (to another node).
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked or malformed
+    /// frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame held bytes that are not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than `ws.max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// An unexpected server error.
@@ -57,6 +62,11 @@ pub enum SessionEnd {
     IdleTimeout,
     /// The client sent a frame over the size limit.
     MessageTooBig,
+    /// The client sent a text frame that is not UTF-8. The WebSocket layer
+    /// cannot read on after it, so unlike invalid JSON it ends the session.
+    InvalidUtf8,
+    /// The client broke the WebSocket framing rules.
+    ProtocolViolation,
     /// The node is draining.
     Shutdown,
     /// The client did not read fast enough.
@@ -74,6 +84,10 @@ impl SessionEnd {
             SessionEnd::ClientClosed => None,
             SessionEnd::IdleTimeout => Some((close_code::IDLE_TIMEOUT, "idle timeout")),
             SessionEnd::MessageTooBig => Some((close_code::MESSAGE_TOO_BIG, "frame too large")),
+            SessionEnd::InvalidUtf8 => Some((close_code::INVALID_PAYLOAD, "text frame not UTF-8")),
+            SessionEnd::ProtocolViolation => {
+                Some((close_code::PROTOCOL_ERROR, "WebSocket protocol error"))
+            }
             SessionEnd::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
             SessionEnd::SlowClient => Some((close_code::SLOW_CLIENT, "client not reading")),
             SessionEnd::Transport(_) => None,
@@ -86,6 +100,8 @@ impl SessionEnd {
             SessionEnd::ClientClosed => "client_closed",
             SessionEnd::IdleTimeout => "idle_timeout",
             SessionEnd::MessageTooBig => "message_too_big",
+            SessionEnd::InvalidUtf8 => "invalid_utf8",
+            SessionEnd::ProtocolViolation => "protocol_violation",
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::SlowClient => "slow_client",
             SessionEnd::Transport(_) => "transport_error",
@@ -101,7 +117,10 @@ impl SessionEnd {
         let client_type = info.client_type.as_str();
         let reason = self.label();
         match self {
-            SessionEnd::MessageTooBig | SessionEnd::SlowClient => tracing::info!(
+            SessionEnd::MessageTooBig
+            | SessionEnd::InvalidUtf8
+            | SessionEnd::ProtocolViolation
+            | SessionEnd::SlowClient => tracing::info!(
                 target: "switchboard::ws",
                 session_id, unique_id, client_type, reason,
                 "session closed for client misbehaviour"
@@ -323,14 +342,21 @@ fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
 
 fn read_error(err: &warp::Error) -> SessionEnd {
     use std::error::Error as _;
-    let too_big = err
+    // The variants that carry client bytes (a UTF-8 error quotes them) are
+    // mapped without their text: client content never reaches the log.
+    match err
         .source()
         .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big {
-        SessionEnd::MessageTooBig
-    } else {
-        SessionEnd::Transport(err.to_string())
+    {
+        Some(tungstenite::Error::Capacity(_)) => SessionEnd::MessageTooBig,
+        Some(tungstenite::Error::Utf8(_)) => SessionEnd::InvalidUtf8,
+        // A peer that vanished without a close frame is a lost connection,
+        // not a protocol violation.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => SessionEnd::Transport(err.to_string()),
+        Some(tungstenite::Error::Protocol(_)) => SessionEnd::ProtocolViolation,
+        _ => SessionEnd::Transport(err.to_string()),
     }
 }
 
