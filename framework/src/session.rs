@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use warp::ws::{Message, WebSocket};
 
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal, salvage_message_id};
@@ -173,7 +174,8 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
 
     let (mut sink, mut stream) = socket.split();
     let connected = connected_frame(&node, &info, &claims.tags, &claims.businesses);
-    let end = match write_all(&mut sink, &handle, [Message::text(connected.to_json())]).await {
+    let hello = [Message::text(connected.to_json())];
+    let end = match write_all(&mut sink, &handle, node.shutdown_token(), hello).await {
         Err(end) => end,
         Ok(()) => session_loop(&node, &info, &handle, &mut sink, &mut stream, &mut rx).await,
     };
@@ -235,7 +237,7 @@ async fn session_loop(
                         Err(_) => break,
                     }
                 }
-                if let Err(end) = write_all(sink, handle, batch).await {
+                if let Err(end) = write_all(sink, handle, shutdown, batch).await {
                     return end;
                 }
             }
@@ -266,12 +268,12 @@ async fn session_loop(
                 };
                 let answers: Vec<Message> =
                     answers.into_iter().map(|env| Message::text(env.to_json())).collect();
-                if let Err(end) = write_all(sink, handle, answers).await {
+                if let Err(end) = write_all(sink, handle, shutdown, answers).await {
                     return end;
                 }
             }
             _ = ping.tick(), if config.ping_interval_secs != 0 => {
-                if let Err(end) = write_all(sink, handle, [Message::ping(Vec::new())]).await {
+                if let Err(end) = write_all(sink, handle, shutdown, [Message::ping(Vec::new())]).await {
                     return end;
                 }
             }
@@ -361,10 +363,14 @@ fn read_error(err: &warp::Error) -> SessionEnd {
 }
 
 /// Writes `messages` with one flush, giving up when the session is asked to
-/// end or the write stalls past [`WRITE_TIMEOUT`].
+/// end, the node drains, or the write stalls past [`WRITE_TIMEOUT`].
+///
+/// A write to a client that does not read can wait for the whole timeout;
+/// watching the drain here keeps such a client from holding up a shutdown.
 async fn write_all(
     sink: &mut Sink,
     handle: &SessionHandle,
+    shutdown: &CancellationToken,
     messages: impl IntoIterator<Item = Message>,
 ) -> Result<(), SessionEnd> {
     let write = async {
@@ -380,6 +386,7 @@ async fn write_all(
             Err(_) => Err(SessionEnd::SlowClient),
         },
         reason = handle.ended() => Err(reason),
+        () = shutdown.cancelled() => Err(SessionEnd::Shutdown),
     }
 }
 

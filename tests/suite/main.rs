@@ -1,8 +1,11 @@
 //! The workspace's integration tests, one binary with topical modules.
 
+mod config;
 mod delivery;
 mod handlers;
 mod hostile;
 mod http;
+mod lifecycle;
 mod protocol;
+mod registry;
 mod smoke;

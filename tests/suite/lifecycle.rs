@@ -1,0 +1,115 @@
+//! A node's life: liveness and readiness, the drain that refuses new work
+//! and closes sessions with 1001, and a shutdown that finishes in time.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard::token::{Claims, TokenSigner, now_secs};
+use switchboard_tests::{
+    Client, TEST_SECRET, TestNode, assert_refused, event, test_config, unicast,
+};
+
+/// While draining, the node answers `/readyz` with 503, refuses tokens,
+/// upgrades and published events with 503, closes every session with 1001,
+/// and stays live.
+///
+/// The drain is started on the node itself: `begin_shutdown` also stops the
+/// HTTP listener at once, after which no request gets an answer at all.
+#[tokio::test]
+async fn draining_node_refuses_new_work_and_closes_sessions_with_1001() {
+    let node = TestNode::start().await;
+    let mut web = node.connect("alice", "H5").await;
+    let mut app = node.connect("bob", "APP").await;
+    let live_token = TokenSigner::new(TEST_SECRET.as_bytes()).sign(&Claims {
+        unique_id: "carol".into(),
+        client_type: "H5".into(),
+        tags: Vec::new(),
+        businesses: Vec::new(),
+        expires_at: now_secs() + 60,
+        token_id: "drain".into(),
+    });
+    assert_eq!(node.get("/readyz").await.0, 200);
+
+    node.handle().node().begin_drain();
+    assert_eq!(web.closed_with().await, Some(1001));
+    assert_eq!(app.closed_with().await, Some(1001));
+    node.wait_for_sessions(0).await;
+
+    assert_eq!(node.get("/readyz").await.0, 503);
+    assert_eq!(node.get("/healthz").await.0, 200);
+    let token = node.get("/websocket/token?uniqueId=u&clientType=H5").await;
+    assert_refused(&token, 503);
+    let publish = node.publish(&unicast("notice", "alice", json!(1))).await;
+    assert_refused(&publish, 503);
+    let upgrade = Client::refused_status(&node.socket_url(&live_token)).await;
+    assert_eq!(upgrade, 503);
+
+    let stopping = Instant::now();
+    node.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(3));
+}
+
+/// `begin_shutdown` closes every session with 1001, `stop` then completes
+/// promptly, and the port no longer accepts connections.
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001_and_stops() {
+    let node = TestNode::start().await;
+    let addr = node.addr();
+    let mut clients = vec![
+        node.connect("alice", "H5").await,
+        node.connect("alice", "APP").await,
+        node.connect("bob", "H5").await,
+    ];
+
+    node.handle().begin_shutdown();
+    for client in &mut clients {
+        assert_eq!(client.closed_with().await, Some(1001));
+    }
+    let stopping = Instant::now();
+    node.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port still accepts connections after stop"
+    );
+}
+
+/// A drain does not wait for a client that does not read: a session blocked
+/// writing to a full socket is ended at once, well within the grace period.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    // About 16 MiB of broadcasts, several times what loopback socket buffers
+    // hold, and few enough that the 64-frame send queue never overflows: the
+    // non-reading session ends up blocked in a write, not cut as slow.
+    const MESSAGES: usize = 16;
+    let mut config = test_config();
+    config.ws.max_message_bytes = 2 * 1024 * 1024;
+    config.ws.send_queue_len = 64;
+    let node = TestNode::start_with(config).await;
+    let mut reader = node.connect("reader", "H5").await;
+    let _stuck = node.connect("stuck", "H5").await;
+    let pad = "x".repeat(1024 * 1024);
+
+    for seq in 0..MESSAGES {
+        let broadcast = event(
+            "notice",
+            json!({"sendType": "BROADCAST"}),
+            json!({"seq": seq, "pad": pad}),
+        );
+        let id = node.publish_ok(&broadcast).await;
+        assert_eq!(reader.recv().await["messageId"], id.as_str());
+    }
+    assert_eq!(node.session_count(), 2, "the stuck client was cut as slow");
+
+    let stopping = Instant::now();
+    node.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "stop waited {took:?} for a client that does not read"
+    );
+}
