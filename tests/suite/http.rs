@@ -65,7 +65,20 @@ async fn malformed_token_parameters_are_refused_with_400() {
         token_path("user-1", "H@5"),
         token_path("user-1", &long_type),
     ];
-    for path in &bad {
+    let many_tags: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    let bad_lists = [
+        format!(
+            "{}&tags={}",
+            token_path("user-1", "H5"),
+            many_tags.join(",")
+        ),
+        format!(
+            "{}&businesses={}",
+            token_path("user-1", "H5"),
+            "b".repeat(129)
+        ),
+    ];
+    for path in bad.iter().chain(&bad_lists) {
         let answer = node.get(path).await;
         assert_refused(&answer, 400);
     }
@@ -248,5 +261,58 @@ async fn oversized_publish_body_is_refused_with_413() {
         .publish(&unicast("notice", "user-1", json!({ "text": big })))
         .await;
     assert_refused(&answer, 413);
+    node.stop().await;
+}
+
+/// `/api/publish` refuses a body that is not a valid service event with 400
+/// and a non-zero `result`: not JSON, not an object, not a
+/// `SERVER_TO_CLIENT`, or without `businessType`.
+#[tokio::test]
+async fn publish_refuses_malformed_events() {
+    let node = TestNode::start().await;
+    let mut heartbeat = unicast("notice", "user-1", json!({}));
+    heartbeat["messageType"] = json!("HEARTBEAT");
+    let mut no_business = unicast("notice", "user-1", json!({}));
+    no_business.as_object_mut().unwrap().remove("businessType");
+    let mut bad_type = unicast("notice", "user-1", json!({}));
+    bad_type["timestamp"] = json!("now");
+    let bodies = [
+        "{".to_owned(),
+        " ".to_owned(),
+        "[]".to_owned(),
+        json!(["notice"]).to_string(),
+        heartbeat.to_string(),
+        no_business.to_string(),
+        bad_type.to_string(),
+    ];
+    for body in bodies {
+        let answer = node.publish_raw(body.clone()).await;
+        assert_eq!(answer.0, 400, "{body:?}: {}", answer.1);
+        assert_refused(&answer, 400);
+    }
+    node.stop().await;
+}
+
+/// A producer's own `messageId` is kept: the answer names it and the push
+/// carries it.
+#[tokio::test]
+async fn publish_keeps_the_producers_message_id() {
+    let node = TestNode::start().await;
+    let mut client = node.connect("user-1", "H5").await;
+    let mut notice = unicast("notice", "user-1", json!({"n": 1}));
+    notice["messageId"] = json!("producer-id-1");
+    assert_eq!(node.publish_ok(&notice).await, "producer-id-1");
+    let push = client.recv().await;
+    assert_eq!(push["messageId"], "producer-id-1", "{push}");
+    assert!(push["timestamp"].is_i64(), "{push}");
+    node.stop().await;
+}
+
+/// Unknown paths and wrong methods are answered in the same JSON shape.
+#[tokio::test]
+async fn unknown_paths_answer_in_the_json_shape() {
+    let node = TestNode::start().await;
+    assert_refused(&node.get("/nope").await, 404);
+    assert_refused(&node.get("/api/publish").await, 405);
     node.stop().await;
 }

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchboard_tests::{TestNode, assert_ack, assert_error, frame, new_id, test_config};
+use switchboard_tests::{DEADLINE, TestNode, assert_ack, assert_error, frame, new_id, test_config};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A node whose sessions are pinged every second and dropped after two
 /// silent seconds.
@@ -215,5 +216,21 @@ async fn closing_one_session_leaves_the_users_others_served() {
     node.wait_for_sessions(1).await;
     second.assert_alive().await;
     assert!(node.handle().node().hub().has_user("user-1"));
+    node.stop().await;
+}
+
+/// A client's WebSocket ping is answered with a pong carrying its payload.
+#[tokio::test]
+async fn client_ping_is_answered_with_pong() {
+    let node = TestNode::start().await;
+    let mut client = node.connect("user-1", "H5").await;
+    client
+        .send_message(Message::Ping(b"probe".to_vec().into()))
+        .await;
+    match client.next_frame_within(DEADLINE).await {
+        Some(Some(Message::Pong(payload))) => assert_eq!(&payload[..], b"probe"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    client.assert_alive().await;
     node.stop().await;
 }
