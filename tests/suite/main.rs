@@ -1,3 +1,4 @@
 //! The workspace's integration tests, one binary with topical modules.
 
+mod client;
 mod smoke;
