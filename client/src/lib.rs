@@ -71,7 +71,7 @@ pub use consumer::{Incoming, Subscription};
 pub use error::ClientError;
 /// The lapin version this crate is built on, for properties and headers.
 pub use lapin;
-pub use publisher::{Outgoing, Publisher};
+pub use publisher::{Confirmed, IfUnroutable, Outgoing, Publisher};
 /// The wire contract: the envelope and the RabbitMQ names.
 pub use switchboard_protocol as protocol;
 
@@ -253,7 +253,7 @@ impl SwitchboardClient {
             routing_key: envelope.business(),
             body: body.as_bytes(),
             properties: topology::persistent_json(&message_id),
-            mandatory: true,
+            unroutable: IfUnroutable::Retry,
         };
         self.publisher.publish(&message).await?;
         tracing::debug!(

@@ -45,9 +45,34 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
     /// The properties; their `message_id` names the message in errors.
     pub properties: BasicProperties,
-    /// Whether a message that no queue takes counts as a failure (and is
-    /// retried). Without it such a message is silently dropped by the broker.
-    pub mandatory: bool,
+    /// What a message that no queue takes means.
+    pub unroutable: IfUnroutable,
+}
+
+/// What to do with a message that no queue takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUnroutable {
+    /// Publish without `mandatory`: the broker drops it silently and the
+    /// publish still succeeds. For messages that are only useful to whoever
+    /// listens now.
+    Drop,
+    /// Publish with `mandatory`: a returned message is a failure, retried
+    /// until the timeout, then [`ClientError::Unroutable`].
+    Retry,
+    /// Publish with `mandatory`: a returned message resolves at once as
+    /// [`Confirmed::Returned`], so the caller can tell.
+    Report,
+}
+
+/// How a publish ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The broker confirmed it (and, unless [`IfUnroutable::Drop`], at least
+    /// one queue took it).
+    Accepted,
+    /// The broker returned it: no queue is bound for its routing key
+    /// ([`IfUnroutable::Report`] only).
+    Returned,
 }
 
 impl Outgoing<'_> {
@@ -124,7 +149,7 @@ impl Publisher {
     /// [`ClientError::Unroutable`] or [`ClientError::Timeout`], after the
     /// failure seen last; [`ClientError::Closed`] once the connector is
     /// closed.
-    pub async fn publish(&self, message: &Outgoing<'_>) -> Result<(), ClientError> {
+    pub async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, ClientError> {
         self.publish_until(message, Instant::now() + self.timeout)
             .await
     }
@@ -138,7 +163,7 @@ impl Publisher {
         &self,
         message: &Outgoing<'_>,
         deadline: Instant,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Confirmed, ClientError> {
         let message_id = message.message_id();
         let Ok(permit) = tokio::time::timeout_at(deadline, self.permits.acquire()).await else {
             return Err(ClientError::Timeout { message_id });
@@ -157,7 +182,10 @@ impl Publisher {
             };
             attempts += 1;
             match tokio::time::timeout_at(deadline, self.attempt(&link, message)).await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => return Ok(Confirmed::Accepted),
+                Ok(Err(Failure::Returned)) if message.unroutable == IfUnroutable::Report => {
+                    return Ok(Confirmed::Returned);
+                }
                 Ok(Err(failure)) => {
                     tracing::debug!(
                         target: "switchboard::amqp",
@@ -194,7 +222,7 @@ impl Publisher {
     async fn attempt(&self, link: &Link, message: &Outgoing<'_>) -> Result<(), Failure> {
         let channel = self.channel(link).await.map_err(Failure::Channel)?;
         let options = BasicPublishOptions {
-            mandatory: message.mandatory,
+            mandatory: message.unroutable != IfUnroutable::Drop,
             immediate: false,
         };
         let confirm = channel

@@ -8,7 +8,7 @@ use serde_json::json;
 use switchboard_client::protocol::amqp::OUTBOUND_EXCHANGE;
 use switchboard_client::protocol::{Envelope, MessageType};
 use switchboard_client::{
-    ClientError, ClientOptions, Outgoing, Publisher, SwitchboardClient, topology,
+    ClientError, ClientOptions, IfUnroutable, Outgoing, Publisher, SwitchboardClient, topology,
 };
 use switchboard_tests::amqp_url;
 use switchboard_tests::broker::{broker_available, raw_channel, unique};
@@ -30,7 +30,7 @@ async fn forward(client: &SwitchboardClient, key: &str, envelope: &Envelope) {
         routing_key: key,
         body: body.as_bytes(),
         properties: topology::persistent_json(envelope.id()),
-        mandatory: true,
+        unroutable: IfUnroutable::Retry,
     };
     publisher
         .publish(&message)
@@ -159,7 +159,7 @@ async fn returned_message_is_an_error_not_a_confirm() {
         routing_key: &key,
         body: b"{}",
         properties: topology::persistent_json("sbt-unroutable"),
-        mandatory: true,
+        unroutable: IfUnroutable::Retry,
     };
     let result = publisher.publish(&message).await;
     assert!(
