@@ -27,7 +27,6 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
-pub mod envelope;
 pub mod handler;
 pub mod hub;
 pub mod node;
@@ -36,6 +35,9 @@ mod routes;
 mod server;
 pub mod session;
 pub mod token;
+
+/// The unified envelope; lives in `switchboard-protocol`, shared with services.
+pub use switchboard_protocol::envelope;
 
 pub use async_trait::async_trait;
 pub use config::Config;

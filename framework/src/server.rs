@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, Authenticator};
+use crate::broker::amqp::AmqpBroker;
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
@@ -204,15 +205,12 @@ impl ServerHandle {
 }
 
 async fn make_broker(config: &Config, node_id: &str) -> Result<Arc<dyn Broker>, BrokerError> {
-    let _ = node_id;
     let timeout = Duration::from_secs(config.broker.publish_timeout_secs);
     match &config.broker.url {
         None => Ok(Arc::new(EmbeddedBroker::new(
             config.broker.max_retries,
             timeout,
         ))),
-        Some(_) => Err(BrokerError::Setup(
-            "RabbitMQ support is not built in yet".into(),
-        )),
+        Some(_) => Ok(Arc::new(AmqpBroker::new(config, node_id)?)),
     }
 }

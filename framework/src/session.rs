@@ -165,6 +165,10 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
     {
         node.broker().user_presence_changed(&info.unique_id);
     }
+    let route_wait = Duration::from_secs(node.config().broker.publish_timeout_secs);
+    node.broker()
+        .wait_user_routed(&info.unique_id, route_wait)
+        .await;
     tracing::debug!(
         target: "switchboard::ws",
         session_id = %info.session_id, unique_id = %info.unique_id,

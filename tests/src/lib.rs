@@ -2,6 +2,8 @@
 //! nodes on port 0, talk to them over real HTTP and real WebSockets, and wait
 //! for events with deadlines instead of sleeping.
 
+pub mod broker;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The workspace's integration tests, one binary with topical modules.
 
+mod amqp_cluster;
+mod amqp_contract;
+mod client;
 mod config;
 mod delivery;
 mod handlers;

@@ -13,7 +13,8 @@
 //!   forwards to backend services.
 //!
 //! [`embedded::EmbeddedBroker`] (one process, nothing survives a restart) is
-//! the default; a RabbitMQ implementation lets several nodes act as one.
+//! the default; [`amqp::AmqpBroker`] (RabbitMQ) lets several nodes act as
+//! one.
 //!
 //! # Guarantees an implementation must give
 //!
@@ -28,9 +29,11 @@
 //! - A delivery reaches each node's `deliver_local` at most once; a node that
 //!   holds none of the addressed sessions may be skipped.
 
+pub mod amqp;
 pub mod embedded;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -159,6 +162,15 @@ pub trait Broker: Send + Sync + 'static {
     /// `unique_id` may have changed; the broker asks
     /// [`NodeSink::has_local_user`] for the current answer. Never blocks.
     fn user_presence_changed(&self, unique_id: &str);
+
+    /// Waits, at most `timeout`, until deliveries addressed to `unique_id`
+    /// reach this node. A session calls it after registering and before
+    /// writing `CONNECTED`, so that whatever is published after the client
+    /// saw `CONNECTED` reaches it. Returns at once where routing needs no
+    /// setup (the default) or cannot happen now (broker disconnected).
+    async fn wait_user_routed(&self, unique_id: &str, timeout: Duration) {
+        let _ = (unique_id, timeout);
+    }
 
     /// Whether the broker is usable now (drives `/readyz`).
     fn is_ready(&self) -> bool;

@@ -242,7 +242,13 @@ impl Envelope {
         Ok(envelope)
     }
 
-    fn check_limits(&self) -> Result<(), Refusal> {
+    /// Checks the size limits that parsing checks ([`MAX_NAME_LEN`],
+    /// [`MAX_TARGETS`], no empty names); for envelopes built in code.
+    ///
+    /// # Errors
+    ///
+    /// `INVALID_MESSAGE` naming the first field that breaks a limit.
+    pub fn check_limits(&self) -> Result<(), Refusal> {
         let names = [
             ("messageId", &self.message_id),
             ("correlationId", &self.correlation_id),

@@ -1,0 +1,409 @@
+//! The RabbitMQ broker: several nodes act as one service.
+//!
+//! Built on `switchboard-client`'s connection supervisor and confirmed
+//! publisher; `docs/rabbitmq.md` describes the topology for operators.
+//!
+//! # Topology
+//!
+//! Declared idempotently on every (re)connect, on a throwaway channel:
+//!
+//! - `switchboard.inbound`, a durable topic exchange, and the durable queue
+//!   of the same name bound with `#`. Every node consumes the queue
+//!   (competing consumers) with manual acks and a prefetch of
+//!   `broker.prefetch`; see [`events`] for what happens to each event.
+//! - `switchboard.dead`, a durable fanout exchange and queue: events that can
+//!   never succeed, with the reason in headers.
+//! - `switchboard.outbound`, a durable topic exchange for
+//!   [`Context::forward_to_services`](crate::Context::forward_to_services).
+//! - `switchboard.deliver`, a durable direct exchange, and this node's own
+//!   queue `switchboard.node.<node_id>`: exclusive to the node's connection,
+//!   so it vanishes with the node (and a second process with the same node
+//!   id is refused). It is bound with `all`, and with `user.<uniqueId>` for
+//!   each user that has a session here ([`presence`]).
+//!
+//! # Deliveries
+//!
+//! A `UNICAST` is published with routing key `user.<uniqueId>`, so RabbitMQ
+//! copies it only to the queues of nodes that hold the user; no route means
+//! the user is offline, which is fine for a live delivery. `TAG`,
+//! `BUSINESS` and `BROADCAST` go with key `all` to every node, which
+//! filters locally. A queue receives a message once however many of its
+//! bindings match, so each node, and through its hub each session, sees a
+//! delivery once.
+//!
+//! Deliveries are published *transient*: they are only useful to the
+//! sessions connected while they travel, and the node queue does not
+//! survive its node anyway. The event they came from stays unacknowledged
+//! in the durable inbound queue until the delivery publish is confirmed, so
+//! a crash before that point redelivers the event rather than losing it.
+
+mod events;
+mod presence;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, ExchangeKind};
+use switchboard_client::connector::{SetupHook, redact_url};
+use switchboard_client::consumer::{ConsumerSpec, run_consumer};
+use switchboard_client::{
+    ClientError, Confirmed, Connector, ConnectorSettings, IfUnroutable, Link, Outgoing, Publisher,
+    topology,
+};
+use switchboard_protocol::amqp::{
+    CONTENT_TYPE_JSON, DELIVER_ALL_KEY, DELIVER_EXCHANGE, INBOUND_EXCHANGE, INBOUND_QUEUE,
+    OUTBOUND_EXCHANGE, TRANSIENT, node_queue, user_routing_key,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Broker, BrokerError, Delivery, NodeSink};
+use crate::config::Config;
+use crate::envelope::{Envelope, SendType};
+use presence::Presence;
+
+/// Prefetch of the node's delivery queue: deliveries are handed to local
+/// sessions without waiting, so a generous window costs little.
+const NODE_QUEUE_PREFETCH: u16 = 512;
+
+/// How long the first connection may take before the node refuses to start.
+const MIN_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the consumers and the reconciler share.
+struct Inner {
+    node_id: String,
+    node_queue: String,
+    max_retries: u32,
+    connector: Connector,
+    publisher: Publisher,
+    node: Arc<dyn NodeSink>,
+    presence: Presence,
+    /// Cancelled at shutdown: consumers stop taking deliveries.
+    stop: CancellationToken,
+    /// Cancelled once in-flight events are done: consumer channels close.
+    release: CancellationToken,
+    /// Events being processed.
+    handlers: TaskTracker,
+}
+
+/// The RabbitMQ broker. See the module docs.
+pub struct AmqpBroker {
+    url: String,
+    node_id: String,
+    prefetch: u16,
+    max_retries: u32,
+    max_in_flight: usize,
+    publish_timeout: Duration,
+    grace: Duration,
+    inner: OnceLock<Arc<Inner>>,
+    tasks: TaskTracker,
+}
+
+impl AmqpBroker {
+    /// A broker for node `node_id` with the `broker` settings of `config`;
+    /// nothing connects before [`Broker::start`].
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Setup`] when `broker.url` is unset.
+    pub fn new(config: &Config, node_id: &str) -> Result<Self, BrokerError> {
+        let broker = &config.broker;
+        let url = broker
+            .url
+            .clone()
+            .ok_or_else(|| BrokerError::Setup("broker.url is unset".into()))?;
+        Ok(AmqpBroker {
+            url,
+            node_id: node_id.to_owned(),
+            prefetch: broker.prefetch,
+            max_retries: broker.max_retries,
+            max_in_flight: broker.max_in_flight,
+            publish_timeout: Duration::from_secs(broker.publish_timeout_secs),
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            inner: OnceLock::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    fn running(&self) -> Result<&Arc<Inner>, BrokerError> {
+        self.inner
+            .get()
+            .ok_or_else(|| BrokerError::Unavailable("broker not started".into()))
+    }
+
+    /// Publishes with the shared publisher and translates its errors.
+    async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, BrokerError> {
+        let inner = self.running()?;
+        inner.publisher.publish(message).await.map_err(broker_error)
+    }
+}
+
+/// The setup hook: the shared topology, the delivery exchange, this node's
+/// queue and its `all` binding.
+fn setup_hook(queue: String) -> SetupHook {
+    Arc::new(move |link: Link| {
+        let queue = queue.clone();
+        Box::pin(async move {
+            // A throwaway channel: a refused declaration kills its channel.
+            let channel = link.channel().await?;
+            topology::declare_shared(&channel).await?;
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            channel
+                .exchange_declare(
+                    DELIVER_EXCHANGE.into(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+
+            // Exclusive: the queue lives and dies with this connection, so a
+            // dead node leaves nothing behind and a new connection starts
+            // with an empty queue whose user bindings are then rebuilt.
+            let exclusive = QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    DELIVER_EXCHANGE.into(),
+                    DELIVER_ALL_KEY.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "topology declared".into()).await;
+            Ok(())
+        })
+    })
+}
+
+/// A client error in the broker's terms.
+fn broker_error(error: ClientError) -> BrokerError {
+    match error {
+        ClientError::Nacked {
+            message_id,
+            attempts,
+        } => BrokerError::Refused {
+            message_id,
+            attempts,
+        },
+        ClientError::Timeout { message_id } => BrokerError::Timeout { message_id },
+        ClientError::Closed => BrokerError::ShuttingDown,
+        ClientError::Unroutable {
+            exchange,
+            routing_key,
+            ..
+        } => BrokerError::Unavailable(format!(
+            "no queue bound to {exchange} for routing key {routing_key}"
+        )),
+        other => BrokerError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn start(&self, node: Arc<dyn NodeSink>) -> Result<(), BrokerError> {
+        if self.inner.get().is_some() {
+            return Err(BrokerError::Setup("rabbitmq broker started twice".into()));
+        }
+        let queue = node_queue(&self.node_id);
+
+        // Connect and declare before anything listens; a node that cannot
+        // reach its broker at start refuses to start.
+        let settings = ConnectorSettings {
+            name: format!("switchboard {}", self.node_id),
+            ..ConnectorSettings::default()
+        };
+        let connector = Connector::start(&self.url, settings, Some(setup_hook(queue.clone())))
+            .map_err(|err| BrokerError::Setup(err.to_string()))?;
+        let start_timeout = self.publish_timeout.max(MIN_START_TIMEOUT);
+        if let Err(err) = connector.wait_ready(start_timeout).await {
+            connector.close().await;
+            return Err(BrokerError::Setup(format!(
+                "{}: {err}",
+                redact_url(&self.url)
+            )));
+        }
+
+        let publisher = Publisher::new(connector.clone(), self.max_in_flight, self.publish_timeout);
+        let inner = Arc::new(Inner {
+            node_id: self.node_id.clone(),
+            node_queue: queue.clone(),
+            max_retries: self.max_retries,
+            connector: connector.clone(),
+            publisher,
+            node,
+            presence: Presence::default(),
+            stop: CancellationToken::new(),
+            release: CancellationToken::new(),
+            handlers: TaskTracker::new(),
+        });
+        if self.inner.set(inner.clone()).is_err() {
+            return Err(BrokerError::Setup("rabbitmq broker started twice".into()));
+        }
+
+        // Service events: each delivery becomes a tracked task; the prefetch
+        // bounds how many run at once.
+        let events = ConsumerSpec {
+            queue: INBOUND_QUEUE.to_owned(),
+            prefetch: self.prefetch,
+            prepare: None,
+        };
+        let on_event = {
+            let inner = inner.clone();
+            move |delivery| {
+                let task = events::handle(inner.clone(), delivery);
+                inner.handlers.spawn(task);
+                std::future::ready(())
+            }
+        };
+        self.tasks.spawn(run_consumer(
+            connector.clone(),
+            events,
+            inner.stop.clone().cancelled_owned(),
+            inner.release.clone().cancelled_owned(),
+            on_event,
+        ));
+
+        // Deliveries for this node's sessions, handed on in order.
+        let deliveries = ConsumerSpec {
+            queue,
+            prefetch: NODE_QUEUE_PREFETCH,
+            prepare: None,
+        };
+        let on_delivery = {
+            let inner = inner.clone();
+            move |delivery| events::deliver_local(inner.clone(), delivery)
+        };
+        self.tasks.spawn(run_consumer(
+            connector,
+            deliveries,
+            inner.stop.clone().cancelled_owned(),
+            std::future::ready(()),
+            on_delivery,
+        ));
+
+        self.tasks.spawn(presence::reconcile(inner.clone()));
+        tracing::info!(
+            target: "switchboard::amqp",
+            node_id = %self.node_id, prefetch = self.prefetch, "rabbitmq broker started"
+        );
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: &Envelope) -> Result<(), BrokerError> {
+        let body = event.to_json();
+        let message = Outgoing {
+            exchange: INBOUND_EXCHANGE,
+            routing_key: event.business(),
+            body: body.as_bytes(),
+            properties: topology::persistent_json(event.id()),
+            unroutable: IfUnroutable::Retry,
+        };
+        self.publish(&message).await.map(|_| ())
+    }
+
+    async fn publish_outbound(&self, message: &Envelope) -> Result<(), BrokerError> {
+        let body = message.to_json();
+        let outgoing = Outgoing {
+            exchange: OUTBOUND_EXCHANGE,
+            routing_key: message.business(),
+            body: body.as_bytes(),
+            properties: topology::persistent_json(message.id()),
+            unroutable: IfUnroutable::Retry,
+        };
+        self.publish(&outgoing).await.map(|_| ())
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        let envelope = &delivery.envelope;
+        let key = match (envelope.effective_send_type(), &envelope.to_unique_id) {
+            (SendType::Unicast, Some(user)) => user_routing_key(user),
+            _ => DELIVER_ALL_KEY.to_owned(),
+        };
+        let properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(TRANSIENT)
+            .with_message_id(topology::short(envelope.id()));
+        let message = Outgoing {
+            exchange: DELIVER_EXCHANGE,
+            routing_key: &key,
+            body: delivery.text.as_bytes(),
+            properties,
+            unroutable: IfUnroutable::Report,
+        };
+        if self.publish(&message).await? == Confirmed::Returned {
+            // No node queue is bound for the key: for a UNICAST, the user has
+            // no session anywhere. Live deliveries are not kept.
+            tracing::debug!(
+                target: "switchboard::amqp",
+                message_id = envelope.id(), routing_key = %key,
+                "delivery routed to no node"
+            );
+        }
+        Ok(())
+    }
+
+    fn user_presence_changed(&self, unique_id: &str) {
+        if let Some(inner) = self.inner.get() {
+            inner.presence.mark(unique_id);
+        }
+    }
+
+    async fn wait_user_routed(&self, unique_id: &str, timeout: Duration) {
+        if let Some(inner) = self.inner.get() {
+            inner
+                .presence
+                .wait_routed(&inner.connector, unique_id, timeout)
+                .await;
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner
+            .get()
+            .is_some_and(|inner| !inner.stop.is_cancelled() && inner.connector.is_ready())
+    }
+
+    async fn shutdown(&self) {
+        let Some(inner) = self.inner.get() else {
+            return;
+        };
+
+        // Stop taking events, let the ones in flight finish (their acks need
+        // the channel), then close: whatever is still unacknowledged returns
+        // to the queue for another node.
+        inner.stop.cancel();
+        inner.handlers.close();
+        if tokio::time::timeout(self.grace, inner.handlers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "switchboard::amqp",
+                node_id = %inner.node_id, in_flight = inner.handlers.len(),
+                "events still in flight at shutdown; they return to the queue"
+            );
+        }
+        inner.release.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        inner.connector.close().await;
+        tracing::info!(target: "switchboard::amqp", node_id = %inner.node_id, "rabbitmq broker closed");
+    }
+}
