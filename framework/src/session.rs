@@ -277,7 +277,8 @@ async fn session_loop(
                 }
             }
             _ = ping.tick(), if config.ping_interval_secs != 0 => {
-                if let Err(end) = write_all(sink, handle, shutdown, [Message::ping(Vec::new())]).await {
+                let probe = [Message::ping(Vec::new())];
+                if let Err(end) = write_all(sink, handle, shutdown, probe).await {
                     return end;
                 }
             }
