@@ -66,6 +66,11 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     handlers::link();
+
+    // Install the signal handlers before anything can be said to be
+    // listening, so a SIGTERM right after start-up still drains.
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
+
     let registry = HandlerRegistry::from_linked().context("handler registration")?;
     let broker = if config.broker.url.is_some() {
         "rabbitmq"
@@ -94,24 +99,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("no handlers are linked: every business type will be refused");
     }
 
-    server.serve(shutdown_signal()).await;
+    server.serve(shutdown).await;
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        }
+    })
 }
 
 /// `Ok(Some(path))` to run, `Ok(None)` for `--help`.
