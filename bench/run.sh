@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs the benchmark suite on this machine: Switchboard (embedded broker and
+# RabbitMQ), the raw baseline and Socket.IO, one scenario at a time, and
+# writes JSON results plus a summary and plot.
+#
+#   bench/run.sh            full run, release build; results in bench/results/full/
+#   bench/run.sh --smoke    every scenario with tiny numbers (debug build), so
+#                           CI keeps the tool working; timings are not judged
+#
+# Needs: cargo; RabbitMQ on 127.0.0.1:5672 for the unicast scenarios (skipped
+# with a note if absent); node and npm for Socket.IO (skipped if absent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+[ "${1:-}" = "--smoke" ] && mode=smoke
+out="bench/results/$mode"
+mkdir -p "$out"
+rm -f "$out"/*.json
+
+if [ "$mode" = smoke ]; then
+    cargo build -q -p switchboard-app -p switchboard-bench
+    bin="${CARGO_TARGET_DIR:-target}/debug"
+    n_idle=200; n_fan=100; rates=10,50; dur=1; uni_rates=50; n_uni=50; n_rr=10; hold=1
+else
+    cargo build -q --release -p switchboard-app -p switchboard-bench
+    bin="${CARGO_TARGET_DIR:-target}/release"
+    n_idle=10000; n_fan=2000; rates=10,25,50,100,200,400,800; dur=5
+    uni_rates=1000,5000,10000; n_uni=1000; n_rr=100; hold=5
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Waits (bounded) until a TCP port accepts connections.
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench: nothing listens on port $1" >&2
+    return 1
+}
+
+stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+loadgen() { "$bin/loadgen" "$@"; }
+
+# --- Switchboard on the embedded broker -------------------------------------
+SWITCHBOARD_SERVER__BIND=127.0.0.1:18086 SWITCHBOARD_LOG__FILTER=warn \
+    SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef "$bin/switchboard" &
+pids+=($!); sb=$!; wait_port 18086
+url=http://127.0.0.1:18086
+loadgen --target switchboard --url $url --server-pid $sb --scenario idle \
+    --connections $n_idle --hold-secs $hold --json "$out/idle-switchboard.json"
+loadgen --target switchboard --url $url --scenario fanout --connections $n_fan \
+    --duration $dur --rates $rates --json "$out/fanout-switchboard.json"
+loadgen --target switchboard --url $url --scenario reqreply --connections $n_rr \
+    --duration $dur --json "$out/reqreply-switchboard.json"
+stop_last
+
+# --- Raw baseline --------------------------------------------------------------
+"$bin/raw-baseline" 127.0.0.1:19001 & pids+=($!); raw=$!; wait_port 19001
+loadgen --target raw --url ws://127.0.0.1:19001 --server-pid $raw --scenario idle \
+    --connections $n_idle --hold-secs $hold --json "$out/idle-raw.json"
+loadgen --target raw --url ws://127.0.0.1:19001 --scenario fanout --connections $n_fan \
+    --duration $dur --rates $rates --json "$out/fanout-raw.json"
+stop_last
+
+# --- Socket.IO -------------------------------------------------------------------
+if command -v node >/dev/null && command -v npm >/dev/null \
+    && (cd bench/socketio && npm install --silent --no-audit --no-fund >/dev/null 2>&1); then
+    node bench/socketio/server.js 19002 & pids+=($!); sio=$!; wait_port 19002
+    loadgen --target socketio --url ws://127.0.0.1:19002 --server-pid $sio --scenario idle \
+        --connections $n_idle --hold-secs $hold --json "$out/idle-socketio.json"
+    loadgen --target socketio --url ws://127.0.0.1:19002 --scenario fanout \
+        --connections $n_fan --duration $dur --rates $rates --json "$out/fanout-socketio.json"
+    loadgen --target socketio --url ws://127.0.0.1:19002 --scenario reqreply \
+        --connections $n_rr --duration $dur --json "$out/reqreply-socketio.json"
+    stop_last
+else
+    echo "bench: node/npm or the socket.io package unavailable; Socket.IO skipped"
+fi
+
+# --- Switchboard on RabbitMQ -------------------------------------------------
+if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    SWITCHBOARD_SERVER__BIND=127.0.0.1:18087 SWITCHBOARD_LOG__FILTER=warn \
+        SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef \
+        SWITCHBOARD_BROKER__URL=amqp://guest:guest@127.0.0.1:5672/%2f "$bin/switchboard" &
+    pids+=($!); wait_port 18087
+    url=http://127.0.0.1:18087
+    loadgen --target switchboard --url $url --scenario unicast --connections $n_uni \
+        --duration $dur --rates $uni_rates --json "$out/unicast-switchboard.json"
+    loadgen --target switchboard --url $url --scenario reliable --connections $n_uni \
+        --duration $dur --rates $uni_rates --json "$out/reliable-switchboard.json"
+    stop_last
+else
+    echo "bench: RabbitMQ not reachable on 127.0.0.1:5672; unicast scenarios skipped"
+fi
+
+"$bin/loadgen" --report "$out"

@@ -1,0 +1,597 @@
+//! The load generator: real WebSocket clients driving one scenario against
+//! one server, printing a table and writing JSON.
+//!
+//! ```text
+//! cargo run --release -p switchboard-bench --bin loadgen -- \
+//!     --target switchboard --url http://127.0.0.1:8086 --server-pid PID \
+//!     --scenario fanout --connections 2000 --json results.json
+//! ```
+//!
+//! Scenarios: `idle`, `fanout`, `unicast` (through RabbitMQ), `reliable`
+//! (through RabbitMQ, with client ACKs), `reqreply`. `bench/run.sh` runs the
+//! whole suite; see docs/performance.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use hdrhistogram::Histogram;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Serialize;
+use serde_json::{Value, json};
+use switchboard_bench::{
+    BoxError, Endpoint, Machine, Percentiles, Socket, Target, connect_many, extract_field,
+    extract_stamp, histogram, next_text, now_micros, rss_kib,
+};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut map = HashMap::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let key = flag
+                .strip_prefix("--")
+                .ok_or(format!("unexpected argument {flag}"))?;
+            let value = args.next().ok_or(format!("{flag} needs a value"))?;
+            map.insert(key.to_owned(), value);
+        }
+        Ok(Args(map))
+    }
+
+    fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+        self.0
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn list(&self, key: &str, default: &[u64]) -> Vec<u64> {
+        match self.0.get(key) {
+            Some(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+            None => default.to_vec(),
+        }
+    }
+}
+
+/// One rate step of a throughput scenario.
+#[derive(Debug, Serialize)]
+struct Step {
+    label: String,
+    rate_per_sec: u64,
+    sent: u64,
+    expected_deliveries: u64,
+    deliveries: u64,
+    deliveries_per_sec: f64,
+    latency: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: String,
+    target: Target,
+    machine: Machine,
+    params: Value,
+    results: Value,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run().await {
+        eprintln!("loadgen: {err}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    let args = Args::parse()?;
+    if let Some(dir) = args.0.get("report") {
+        let summary = switchboard_bench::report::write(std::path::Path::new(dir))?;
+        println!("{summary}");
+        return Ok(());
+    }
+    let target: Target = args.get("target", Target::Switchboard);
+    let default_url = match target {
+        Target::Switchboard => "http://127.0.0.1:8086",
+        Target::Raw => "ws://127.0.0.1:9001",
+        Target::Socketio => "ws://127.0.0.1:9002",
+    };
+    let endpoint = Endpoint {
+        target,
+        url: args
+            .0
+            .get("url")
+            .cloned()
+            .unwrap_or_else(|| default_url.to_owned()),
+        api_key: args.0.get("api-key").cloned(),
+    };
+    let scenario: String = args.get("scenario", "idle".to_owned());
+    let pid: u32 = args.get("server-pid", 0);
+    let params = json!(args.0);
+
+    let results = match scenario.as_str() {
+        "idle" => idle(&endpoint, &args, pid).await?,
+        "fanout" => fanout(&endpoint, &args).await?,
+        "unicast" | "reliable" => unicast(&endpoint, &args, scenario == "reliable").await?,
+        "reqreply" => reqreply(&endpoint, &args).await?,
+        other => return Err(format!("unknown scenario {other}").into()),
+    };
+
+    let report = Report {
+        scenario,
+        target,
+        machine: Machine::read(),
+        params,
+        results,
+    };
+    print_report(&report);
+    if let Some(path) = args.0.get("json") {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn print_report(report: &Report) {
+    let m = &report.machine;
+    println!(
+        "\n== {} on {:?} | {} cores, {} MiB | commit {} ==",
+        report.scenario, report.target, m.cores, m.memory_mib, m.commit
+    );
+    println!("params: {}", report.params);
+    if let Some(steps) = report.results.get("steps").and_then(Value::as_array) {
+        println!(
+            "{:<18} {:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "step", "rate/s", "deliveries", "deliv/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for s in steps {
+            let l = &s["latency"];
+            println!(
+                "{:<18} {:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                s["label"].as_str().unwrap_or(""),
+                s["rate_per_sec"],
+                s["deliveries"],
+                s["deliveries_per_sec"].as_f64().unwrap_or(0.0),
+                l["p50_ms"].as_f64().unwrap_or(0.0),
+                l["p99_ms"].as_f64().unwrap_or(0.0),
+                l["p999_ms"].as_f64().unwrap_or(0.0),
+                l["max_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.results).unwrap_or_default()
+        );
+    }
+}
+
+fn user(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+/// Scenario 1: hold N idle sessions; memory per connection and connect rate.
+async fn idle(endpoint: &Endpoint, args: &Args, pid: u32) -> Result<Value, BoxError> {
+    let n: usize = args.get("connections", 10_000);
+    let parallel: usize = args.get("parallel", 64);
+    let before = if pid != 0 { rss_kib(pid) } else { None };
+    let (sockets, took) = connect_many(endpoint, n, parallel, |i| (user(i), String::new())).await?;
+
+    // Let the server settle (allocator, lazily grown buffers) before reading.
+    let hold: u64 = args.get("hold-secs", 3);
+    let mut readers = keep_reading(sockets);
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = if pid != 0 { rss_kib(pid) } else { None };
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if n > 0 => Some((a.saturating_sub(b)) as f64 / n as f64),
+        _ => None,
+    };
+    readers.abort_all();
+    Ok(json!({
+        "connections": n,
+        "connect_secs": took.as_secs_f64(),
+        "connects_per_sec": n as f64 / took.as_secs_f64().max(1e-9),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_connection_kib": per_conn,
+    }))
+}
+
+/// Reads (and discards) every frame on every socket, so the server never
+/// sees a slow client; Socket.IO pings are answered.
+fn keep_reading(sockets: Vec<Socket>) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for mut ws in sockets {
+        set.spawn(async move { while next_text(&mut ws).await.is_some() {} });
+    }
+    set
+}
+
+/// Most measured steps in one run.
+const MAX_STEPS: usize = 64;
+
+/// Receivers that record the latency of every stamped frame, per step: each
+/// payload carries its step number as `"s"`, so a late frame of one step is
+/// never counted in the next.
+struct Receivers {
+    set: JoinSet<Vec<Histogram<u64>>>,
+    counts: Arc<Vec<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn spawn_receivers(sockets: Vec<Socket>, ack: bool) -> Receivers {
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    for mut ws in sockets {
+        let counts = counts.clone();
+        let stop = stop.clone();
+        set.spawn(async move {
+            let mut per_step: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
+            loop {
+                let next = tokio::time::timeout(Duration::from_millis(200), next_text(&mut ws));
+                let text = match next.await {
+                    Ok(Some(text)) => text,
+                    Ok(None) => break,
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => continue,
+                };
+                let Some(stamp) = extract_stamp(&text) else {
+                    continue;
+                };
+                let step = extract_field(&text, "\"s\":").unwrap_or(0) as usize % MAX_STEPS;
+                let _ = per_step[step].record(now_micros().saturating_sub(stamp).max(1));
+                counts[step].fetch_add(1, Ordering::Relaxed);
+                if ack && let Some(id) = message_id(&text) {
+                    let receipt = json!({"messageType": "ACK", "correlationId": id});
+                    if ws.send(Message::text(receipt.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            per_step
+        });
+    }
+    Receivers { set, counts, stop }
+}
+
+impl Receivers {
+    /// Waits until step `step` saw `expected` frames or `grace` passed;
+    /// returns how many it saw.
+    async fn wait_step(&self, step: usize, expected: u64, grace: Duration) -> u64 {
+        let deadline = Instant::now() + grace;
+        while self.counts[step].load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.counts[step].load(Ordering::Relaxed)
+    }
+
+    /// Stops the receivers and merges their histograms, per step.
+    async fn finish(mut self) -> Vec<Histogram<u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
+        while let Some(Ok(per_step)) = self.set.join_next().await {
+            for (total, h) in all.iter_mut().zip(&per_step) {
+                let _ = total.add(h);
+            }
+        }
+        all
+    }
+}
+
+fn message_id(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    v["messageId"].as_str().map(str::to_owned)
+}
+
+/// How a fan-out message is sent to each kind of server.
+enum Publisher {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        api_key: Option<String>,
+    },
+    Socket(Box<Socket>),
+}
+
+impl Publisher {
+    async fn open(endpoint: &Endpoint) -> Result<Publisher, BoxError> {
+        Ok(match endpoint.target {
+            Target::Switchboard => Publisher::Http {
+                client: reqwest::Client::new(),
+                url: format!("{}/api/publish", endpoint.url),
+                api_key: endpoint.api_key.clone(),
+            },
+            _ => {
+                let http = reqwest::Client::new();
+                Publisher::Socket(Box::new(
+                    endpoint.connect(&http, "bench-publisher", "").await?,
+                ))
+            }
+        })
+    }
+}
+
+/// Sends `rate` messages a second for `secs`, each built by `make` from
+/// its stamp. HTTP publishes are pipelined (at most 256 in flight).
+async fn send_at_rate(
+    publisher: &mut Publisher,
+    target: Target,
+    rate: u64,
+    secs: u64,
+    make: &(dyn Fn(u64) -> Value + Sync),
+) -> Result<u64, BoxError> {
+    let total = rate * secs;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut in_flight = JoinSet::new();
+    for _ in 0..total {
+        ticker.tick().await;
+        let body = make(now_micros());
+        match publisher {
+            Publisher::Http {
+                client,
+                url,
+                api_key,
+            } => {
+                while in_flight.len() >= 256 {
+                    in_flight.join_next().await;
+                }
+                let mut request = client.post(url.as_str()).body(body.to_string());
+                if let Some(key) = api_key {
+                    request = request.bearer_auth(key);
+                }
+                in_flight.spawn(async move { request.send().await.map(|_| ()) });
+            }
+            Publisher::Socket(ws) => {
+                let frame = match target {
+                    Target::Socketio => format!("42[\"bcast\",{body}]"),
+                    _ => body.to_string(),
+                };
+                ws.send(Message::text(frame)).await?;
+            }
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+    Ok(total)
+}
+
+/// Scenario 2: broadcast (and, on Switchboard, a tag send to a tenth of the
+/// sessions) at increasing rates.
+async fn fanout(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
+    let n: usize = args.get("connections", 2000);
+    let secs: u64 = args.get("duration", 5);
+    let rates = args.list("rates", &[10, 50, 100, 200, 400, 800]);
+    let tag_every = 10;
+    let (sockets, _) = connect_many(endpoint, n, 64, |i| {
+        let extra = if i % tag_every == 0 {
+            "&tags=bench-tag"
+        } else {
+            ""
+        };
+        (user(i), extra.to_owned())
+    })
+    .await?;
+    let mut publisher = Publisher::open(endpoint).await?;
+    let receivers = spawn_receivers(sockets, false);
+    let mut steps = Vec::new();
+
+    // One unmeasured second first: connections, caches and the publisher's
+    // HTTP pool warm up before anything is counted.
+    let warm = |t: u64| {
+        json!({"businessType": "notice", "sendType": "BROADCAST",
+                               "content": {"t": t, "s": 0}})
+    };
+    send_at_rate(&mut publisher, endpoint.target, 10, 1, &warm).await?;
+    receivers
+        .wait_step(0, 10 * n as u64, Duration::from_secs(5))
+        .await;
+
+    let mut kinds = vec![("broadcast", n as u64)];
+    if endpoint.target == Target::Switchboard {
+        kinds.push(("tag", n.div_ceil(tag_every) as u64));
+    }
+    let mut step = 0usize;
+    'kinds: for (kind, fan) in kinds {
+        for &rate in &rates {
+            step += 1;
+            let make = |t: u64| match kind {
+                "tag" => json!({"businessType": "notice", "sendType": "TAG",
+                                "tags": ["bench-tag"], "content": {"t": t, "s": step}}),
+                _ => json!({"businessType": "notice", "sendType": "BROADCAST",
+                            "content": {"t": t, "s": step}}),
+            };
+            let started = Instant::now();
+            let sent = send_at_rate(&mut publisher, endpoint.target, rate, secs, &make).await?;
+            let expected = sent * fan;
+            let got = receivers
+                .wait_step(step, expected, Duration::from_secs(5))
+                .await;
+            let elapsed = started.elapsed().as_secs_f64();
+            steps.push((
+                step,
+                Step {
+                    label: format!("{kind}@{rate}"),
+                    rate_per_sec: rate,
+                    sent,
+                    expected_deliveries: expected,
+                    deliveries: got,
+                    deliveries_per_sec: got as f64 / elapsed,
+                    latency: Percentiles::default(),
+                },
+            ));
+            // Past saturation the numbers only measure the backlog.
+            if got * 100 < expected * 95 {
+                continue 'kinds;
+            }
+        }
+    }
+    let histograms = receivers.finish().await;
+    let steps: Vec<Step> = steps
+        .into_iter()
+        .map(|(i, mut s)| {
+            s.latency = Percentiles::of(&histograms[i]);
+            s
+        })
+        .collect();
+    Ok(json!({ "connections": n, "steps": steps }))
+}
+
+/// Scenarios 3 and 4: a backend publishes UNICASTs to random users through
+/// RabbitMQ with confirms; latency from publish to client receipt.
+async fn unicast(endpoint: &Endpoint, args: &Args, reliable: bool) -> Result<Value, BoxError> {
+    let n: usize = args.get("connections", 1000);
+    let secs: u64 = args.get("duration", 5);
+    let rates = args.list("rates", &[1000, 5000]);
+    let amqp: String = args.get("amqp", "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let business = if reliable {
+        "payment_callback"
+    } else {
+        "notice"
+    };
+
+    let (sockets, _) = connect_many(endpoint, n, 64, |i| (user(i), String::new())).await?;
+    let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let receivers = spawn_receivers(sockets, reliable);
+    let mut steps = Vec::new();
+    let mut seq: u64 = 0;
+
+    for (i, rate) in rates.into_iter().enumerate() {
+        let step = i + 1;
+        let started = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut confirms = JoinSet::new();
+        let mut failed = 0u64;
+        let total = rate * secs;
+        for _ in 0..total {
+            ticker.tick().await;
+            seq += 1;
+            let to = user((seq as usize * 7919) % n);
+            let body = json!({
+                "messageId": format!("bench-{seq}"),
+                "businessType": business,
+                "sendType": "UNICAST",
+                "toUniqueId": to,
+                "content": {"t": now_micros(), "s": step, "orderId": format!("O-{seq}"),
+                            "status": "PAID"},
+            })
+            .to_string();
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            let confirm = channel
+                .basic_publish(
+                    "switchboard.inbound".into(),
+                    business.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await?;
+            while confirms.len() >= 2048 {
+                if let Some(Ok(false)) = confirms.join_next().await {
+                    failed += 1;
+                }
+            }
+            confirms.spawn(async move { confirm.await.is_ok_and(|c| c.is_ack()) });
+        }
+        while let Some(result) = confirms.join_next().await {
+            if !matches!(result, Ok(true)) {
+                failed += 1;
+            }
+        }
+        let expected = total - failed;
+        let got = receivers
+            .wait_step(step, expected, Duration::from_secs(10))
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        steps.push((
+            step,
+            Step {
+                label: format!("{business}@{rate}"),
+                rate_per_sec: rate,
+                sent: total,
+                expected_deliveries: expected,
+                deliveries: got,
+                deliveries_per_sec: got as f64 / elapsed,
+                latency: Percentiles::default(),
+            },
+        ));
+    }
+    let histograms = receivers.finish().await;
+    let steps: Vec<Step> = steps
+        .into_iter()
+        .map(|(i, mut s)| {
+            s.latency = Percentiles::of(&histograms[i]);
+            s
+        })
+        .collect();
+    Ok(json!({ "connections": n, "steps": steps }))
+}
+
+/// Scenario 5: request/reply round trips (`qr_refresh` on Switchboard, a
+/// `req`/`res` event pair on Socket.IO).
+async fn reqreply(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
+    let n: usize = args.get("connections", 100);
+    let secs: u64 = args.get("duration", 5);
+    let (sockets, _) = connect_many(endpoint, n, 64, |i| (user(i), String::new())).await?;
+    let target = endpoint.target;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut set = JoinSet::new();
+    for mut ws in sockets {
+        set.spawn(async move {
+            let mut h = histogram();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let started = Instant::now();
+                let frame = match target {
+                    Target::Socketio => format!("42[\"req\",{{\"n\":{seq}}}]"),
+                    _ => json!({"messageId": format!("r{seq}"), "messageType": "CLIENT_TO_SERVER",
+                                "businessType": "qr_refresh", "content": {}})
+                    .to_string(),
+                };
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                // Wait for the reply proper (Switchboard sends an ACK first).
+                loop {
+                    let Some(text) = next_text(&mut ws).await else {
+                        return h;
+                    };
+                    let done = match target {
+                        Target::Socketio => text.starts_with("42[\"res\""),
+                        _ => text.contains("\"SERVER_TO_CLIENT\""),
+                    };
+                    if done {
+                        break;
+                    }
+                }
+                let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+            }
+            h
+        });
+    }
+    let mut all = histogram();
+    while let Some(Ok(h)) = set.join_next().await {
+        let _ = all.add(&h);
+    }
+    Ok(json!({
+        "connections": n,
+        "round_trips": all.len(),
+        "round_trips_per_sec": all.len() as f64 / secs as f64,
+        "latency": Percentiles::of(&all),
+    }))
+}
