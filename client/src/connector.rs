@@ -359,7 +359,7 @@ type Events = Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>;
 
 /// One attempt: connect, subscribe to the connection's events, run the
 /// setup hook.
-async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), ClientError> {
+async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(shared.settings.name.clone().into());
     let connection = Connection::connect(&shared.url, properties).await?;
@@ -374,7 +374,7 @@ async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), Cli
         && let Err(error) = setup(link.clone()).await
     {
         let _ = link.connection.close(200, "setup failed".into()).await;
-        return Err(error.into());
+        return Err(error);
     }
     Ok((link, events))
 }
