@@ -246,6 +246,13 @@ impl Connector {
         }
     }
 
+    /// Tells the supervisor to stop, without waiting: it drops its
+    /// connection, which closes once nothing else holds a channel of it.
+    /// For `Drop` implementations; prefer [`Connector::close`].
+    pub fn request_close(&self) {
+        self.shared.closed.send_replace(true);
+    }
+
     /// Stops reconnecting and closes the connection. Unacknowledged
     /// deliveries go back to their queues.
     pub async fn close(&self) {
