@@ -10,6 +10,9 @@
 //! otherwise; `SWITCHBOARD_SERVER__BIND=127.0.0.1:8087` runs it beside the
 //! main server. Stop it with Ctrl-C.
 
+use std::error::Error;
+use std::process::ExitCode;
+
 use switchboard::{Config, HandlerRegistry, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -23,13 +26,23 @@ use switchboard_payment_callback as _;
 use switchboard_qr_refresh as _;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("order-status-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let config = Config::load(None)?;
     let registry = HandlerRegistry::from_linked()?;
     let server = Server::bind(config, registry.clone()).await?;
