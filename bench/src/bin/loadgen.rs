@@ -82,10 +82,13 @@ struct Report {
 }
 
 #[tokio::main]
-async fn main() {
-    if let Err(err) = run().await {
-        eprintln!("loadgen: {err}");
-        std::process::exit(1);
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loadgen: {err}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
