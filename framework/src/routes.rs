@@ -287,11 +287,10 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "content-length required".to_owned(),
         )
     } else {
-        // Missing upgrade headers, a malformed query and the like.
-        (
-            StatusCode::BAD_REQUEST,
-            format!("bad request: {rejection:?}"),
-        )
+        // Missing upgrade headers, a malformed query and the like. warp's
+        // rejection text names internals, so it stays in the debug log.
+        tracing::debug!(target: "switchboard::http", rejection = ?rejection, "request rejected");
+        (StatusCode::BAD_REQUEST, "bad request".to_owned())
     };
     Ok(answer(status, description, None))
 }

@@ -31,7 +31,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The broker could not be reached or set up.
-    #[error("broker setup failed")]
+    #[error(transparent)]
     Broker(#[from] BrokerError),
 }
 

@@ -236,8 +236,7 @@ impl Envelope {
         if first != Some(&b'{') {
             return Err(Refusal::invalid("not a valid envelope: not a JSON object"));
         }
-        let envelope: Envelope = serde_json::from_slice(bytes)
-            .map_err(|err| Refusal::invalid(format!("not a valid envelope: {err}")))?;
+        let envelope: Envelope = serde_json::from_slice(bytes).map_err(|err| describe(&err))?;
         envelope.check_limits()?;
         Ok(envelope)
     }
@@ -356,6 +355,22 @@ impl Envelope {
         env.stamp();
         env
     }
+}
+
+/// Says what is wrong with a frame without quoting it: serde's own messages
+/// echo the offending value, which may be anything the client sent, and
+/// this text reaches the client and the log.
+fn describe(err: &serde_json::Error) -> Refusal {
+    use serde_json::error::Category;
+    let (line, column) = (err.line(), err.column());
+    let what = match err.classify() {
+        Category::Syntax | Category::Io => "not valid JSON",
+        Category::Eof => "JSON ends too early",
+        Category::Data => "a field has the wrong type or an unknown value",
+    };
+    Refusal::invalid(format!(
+        "not a valid envelope: {what} (line {line}, column {column})"
+    ))
 }
 
 /// Best effort to find the `messageId` of a frame that failed to parse, so

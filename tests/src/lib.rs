@@ -32,10 +32,10 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// The token secret of [`test_config`], for tests that sign their own tokens.
 pub const TEST_SECRET: &str = "switchboard-test-secret-0123456789";
 
-/// The RabbitMQ URL for broker tests: `SWITCHBOARD_TEST_AMQP_URL`, or the
+/// The RabbitMQ URL for broker tests: `SB_TEST_AMQP_URL`, or the
 /// local broker.
 pub fn amqp_url() -> String {
-    std::env::var("SWITCHBOARD_TEST_AMQP_URL")
+    std::env::var("SB_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
