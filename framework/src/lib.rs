@@ -25,19 +25,27 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod authenticators;
 pub mod broker;
 pub mod config;
+mod drain;
 pub mod envelope;
 pub mod handler;
 pub mod hub;
+pub mod limits;
+pub mod metrics;
 pub mod node;
+pub mod origin;
+pub mod presence;
 pub mod registry;
+pub mod replay;
 mod routes;
 mod server;
 pub mod session;
 pub mod token;
 
 pub use async_trait::async_trait;
+pub use authenticators::AuthenticatorDescriptor;
 pub use config::Config;
 pub use envelope::{Envelope, ErrorCode, MessageType, Refusal, SendType};
 pub use handler::{BusinessHandler, ClientInfo, Context, HandlerError};
@@ -58,4 +66,6 @@ const _: () = {
     thread_safe::<node::Node>();
     thread_safe::<HandlerRegistry>();
     thread_safe::<broker::Delivery>();
+    thread_safe::<metrics::Metrics>();
+    thread_safe::<limits::Admission>();
 };
