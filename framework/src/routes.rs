@@ -361,7 +361,9 @@ async fn upgrade(
             return Err(refuse_upgrade(&node, UpgradeRefusal::NodeFull));
         }
         Err(AdmissionError::UserFull) => {
-            tracing::info!(
+            // DEBUG, not INFO: upgrades are not rate-limited, and the
+            // metric already counts these.
+            tracing::debug!(
                 target: "switchboard::http",
                 unique_id = %claims.unique_id, client_type = %claims.client_type,
                 "upgrade refused: user at limits.max_sessions_per_user"

@@ -74,6 +74,41 @@ pub(crate) fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+
+    /// The shipped production sample is valid once the environment supplies
+    /// its secrets, and refused, naming the key, while one is missing.
+    #[test]
+    fn production_sample_is_valid_with_its_secrets() {
+        let text = include_str!("../../../deploy/switchboard.production.toml");
+        let base = || {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text))
+                .merge(Serialized::default(
+                    "broker.url",
+                    "amqp://u:p@rabbit:5672/sb",
+                ))
+                .merge(Serialized::default("node.id", "edge-1"))
+        };
+        let err = Config::from_figment(base()).unwrap_err().to_string();
+        assert!(err.starts_with("auth.secret:"), "{err}");
+        let err =
+            Config::from_figment(base().merge(Serialized::default("auth.secret", "s".repeat(32))))
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("auth.api_keys:"), "{err}");
+
+        let config = Config::from_figment(
+            base()
+                .merge(Serialized::default("auth.secret", "s".repeat(32)))
+                .merge(Serialized::default("auth.api_keys", ["k-1", "k-2"])),
+        )
+        .unwrap();
+        assert_eq!(config.server.drain_spread_secs, 20);
+        assert_eq!(config.ws.allowed_origins.len(), 2);
+        assert_eq!(config.log.format, super::super::LogFormat::Json);
+    }
 
     /// Passwords in broker URLs never reach `Debug` output.
     #[test]
