@@ -115,9 +115,9 @@ impl SessionEnd {
         match self {
             SessionEnd::MessageTooBig | SessionEnd::SlowClient | SessionEnd::RateLimited => {
                 tracing::info!(
-                target: "switchboard::ws",
-                session_id, unique_id, client_type, reason,
-                "session closed for client misbehaviour"
+                    target: "switchboard::ws",
+                    session_id, unique_id, client_type, reason,
+                    "session closed for client misbehaviour"
                 )
             }
             SessionEnd::Transport(error) => tracing::debug!(
@@ -343,8 +343,9 @@ fn rate_limited(node: &Node, info: &ClientInfo, message: &Message, logged: &mut 
     Message::text(Envelope::error(&refusal, message_id.as_deref()).to_json())
 }
 
-/// Logs a client's malformed or rate-limited frame: the first few of a session at INFO, the
-/// rest at DEBUG, so one misbehaving client cannot flood the log.
+/// Logs a client's malformed or rate-limited frame: the first few of a
+/// session at INFO, the rest at DEBUG, so one misbehaving client cannot
+/// flood the log.
 fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
     const AT_INFO: u32 = 3;
     let code = refusal.code.as_str();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard::Config;
 use switchboard::auth::{AuthError, Authenticator, HeaderMap};
-use switchboard_tests::{Client, DEADLINE, TestNode, assert_error, metric, test_config};
+use switchboard_tests::{Client, DEADLINE, Event, TestNode, assert_error, metric, test_config};
 
 /// Retries `attempt` every 50 ms until it returns `Some`, failing the test
 /// after [`DEADLINE`].
@@ -88,28 +88,31 @@ async fn flooding_client_is_rate_limited_then_closed_with_1008() {
     let node = TestNode::start_with(config).await;
     let mut client = node.connect("flood-1", "H5").await;
 
-    // Send until the server closes; bounded so a broken limiter cannot hang.
-    for i in 0..200 {
-        let beat = json!({"messageId": format!("f{i}"), "messageType": "HEARTBEAT"});
-        if !client.try_send_text(beat.to_string()).await {
-            break;
-        }
-    }
+    // One frame at a time, each answered before the next, until the server
+    // closes: the server has then read everything sent, so its close is not
+    // turned into a reset by unread data. Bounded so a broken limiter fails.
     let mut heartbeats = 0;
     let mut limited = 0;
-    let code = loop {
+    let mut code = None;
+    for i in 0..100 {
+        let beat = json!({"messageId": format!("f{i}"), "messageType": "HEARTBEAT"});
+        assert!(
+            client.try_send_text(beat.to_string()).await,
+            "open until closed"
+        );
         match client.next_event_within(DEADLINE).await {
-            Some(switchboard_tests::Event::Json(frame)) if frame["messageType"] == "HEARTBEAT" => {
-                heartbeats += 1
-            }
-            Some(switchboard_tests::Event::Json(frame)) => {
+            Some(Event::Json(frame)) if frame["messageType"] == "HEARTBEAT" => heartbeats += 1,
+            Some(Event::Json(frame)) => {
                 assert_error(&frame, "RATE_LIMITED");
                 limited += 1;
             }
-            Some(switchboard_tests::Event::Closed(code)) => break code,
-            other => panic!("expected frames then a close, got {other:?}"),
+            Some(Event::Closed(close)) => {
+                code = close;
+                break;
+            }
+            other => panic!("expected an answer or a close, got {other:?}"),
         }
-    };
+    }
     assert_eq!(code, Some(1008));
     assert!(heartbeats >= 3, "the burst passes: {heartbeats}");
     assert!(limited >= 1, "limited frames are answered: {limited}");
