@@ -21,7 +21,11 @@
 //! Modules, in the order a message meets them: [`routes`](crate::Server)
 //! (HTTP and the upgrade), [`session`] (one connection), [`node`] (the
 //! protocol's rules), [`handler`] (business logic), [`hub`] (local fan-out),
-//! [`broker`] (everything that crosses nodes).
+//! [`broker`] (everything that crosses nodes). Around them, for security and
+//! operations: [`authenticators`] and [`origin`] decide who may call and
+//! connect, [`replay`] keeps tokens single-use, [`limits`] bounds what one
+//! client, user or node may take, and [`metrics`] and [`presence`] answer
+//! operators (`docs/operations.md`).
 #![warn(missing_docs)]
 
 pub mod auth;
