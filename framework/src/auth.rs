@@ -4,10 +4,14 @@
 //! publish endpoints and says yes or no. The shipped [`ApiKeys`] checks
 //! `Authorization: Bearer <key>` against the configured keys in constant
 //! time; with no keys configured every caller is let in (and the server warns
-//! at start).
+//! at start). Authenticators are plugins, chosen by `auth.authenticator`:
+//! see [`crate::authenticators`] for the registry and the shipped ones.
 
 use subtle::ConstantTimeEq;
-use warp::http::HeaderMap;
+
+/// The request headers an [`Authenticator`] reads (the `http` crate's map),
+/// re-exported so authenticator crates need not depend on warp.
+pub use warp::http::HeaderMap;
 
 /// Why a caller was refused. Shown to the caller; never includes a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +22,9 @@ pub enum AuthError {
     /// The credentials are not valid.
     #[error("invalid api key")]
     Invalid,
+    /// A header that an authenticator requires is absent or empty.
+    #[error("missing {0} header")]
+    MissingHeader(String),
 }
 
 /// Decides whether a caller may use the token and publish endpoints.

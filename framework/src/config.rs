@@ -6,12 +6,18 @@
 //! value means. [`Config::load`] validates the result, and a bad value is an
 //! error that names its key, so the binary can exit before it listens.
 
+mod limits;
+mod safety;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub use limits::LimitsConfig;
 
 /// Name of the file read from the working directory when no `--config` is
 /// given. A missing default file is not an error.
@@ -36,6 +42,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// Log output.
     pub log: LogConfig,
+    /// Rate limits and caps per session, user and node.
+    pub limits: LimitsConfig,
 }
 
 /// HTTP listener settings.
@@ -54,6 +62,12 @@ pub struct ServerConfig {
     /// and in-flight work to finish before the process exits anyway.
     /// Default 10.
     pub shutdown_grace_secs: u64,
+    /// Seconds over which a drain spreads the closing of sessions: each
+    /// session closes (still with 1001) after its own random delay within
+    /// this window, so that clients do not all reconnect to the remaining
+    /// nodes in the same instant. Must be shorter than `shutdown_grace_secs`.
+    /// Default 5; 0 closes every session at once.
+    pub drain_spread_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -62,12 +76,13 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8086)),
             public_url: None,
             shutdown_grace_secs: 10,
+            drain_spread_secs: 5,
         }
     }
 }
 
-/// Broker settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Broker settings. Its `Debug` output hides the password in `url`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Unset: the embedded in-process broker (one node, nothing survives a
@@ -101,8 +116,9 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Token and API key settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Token and API key settings. Its `Debug` output hides the secret and the
+/// keys, so a logged configuration never leaks them.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Key that signs connection tokens; every node of a cluster needs the
@@ -117,7 +133,47 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "strings_or_numbers")]
     pub api_keys: Vec<String>,
     /// Seconds a token stays valid for connecting. Default 60; 0 is refused.
+    /// A token connects once: a second upgrade with it is refused with 401.
     pub token_ttl_secs: u64,
+    /// Which registered authenticator guards the token, publish and presence
+    /// endpoints. Shipped: `api_key` (checks `auth.api_keys`) and
+    /// `trusted_header` (trusts `auth.trusted_header` set by a gateway in
+    /// front). Default `api_key`.
+    pub authenticator: String,
+    /// For the `trusted_header` authenticator: the request header that the
+    /// upstream gateway sets to the authenticated caller, for example
+    /// `X-Authenticated-User`. A request without it is refused with 401.
+    /// Only safe behind a proxy that removes this header from what clients
+    /// send and sets it itself. Default unset (required by that
+    /// authenticator).
+    pub trusted_header: Option<String>,
+    /// With `broker.url` set, an `api_key` authenticator without keys (open
+    /// endpoints) is refused at start unless this is `true`. Set it only when
+    /// the network in front already decides who may reach the node.
+    /// Default `false`.
+    pub allow_open: bool,
+    /// Free-form settings for a custom authenticator, read by its
+    /// constructor (`[auth.options]` in TOML). The shipped authenticators
+    /// read none. Default empty.
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { "<hidden>" } else { "<unset>" };
+        f.debug_struct("AuthConfig")
+            .field("secret", &hidden(self.secret.is_some()))
+            .field(
+                "api_keys",
+                &format_args!("<{} hidden>", self.api_keys.len()),
+            )
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("authenticator", &self.authenticator)
+            .field("trusted_header", &self.trusted_header)
+            .field("allow_open", &self.allow_open)
+            .field("options", &format_args!("<{} hidden>", self.options.len()))
+            .finish()
+    }
 }
 
 impl Default for AuthConfig {
@@ -126,6 +182,10 @@ impl Default for AuthConfig {
             secret: None,
             api_keys: Vec::new(),
             token_ttl_secs: 60,
+            authenticator: String::from("api_key"),
+            trusted_header: None,
+            allow_open: false,
+            options: BTreeMap::new(),
         }
     }
 }
@@ -148,6 +208,16 @@ pub struct WsConfig {
     /// not read and is closed with 4001. Bounds memory per connection;
     /// larger tolerates longer stalls. Default 256; 0 is refused.
     pub send_queue_len: usize,
+    /// `Origin` values allowed to open a WebSocket, each `scheme://host` or
+    /// `scheme://host:port`; `scheme://*.example.com` allows any subdomain.
+    /// An upgrade whose `Origin` is not listed is refused with 403 before
+    /// the upgrade, which stops other web sites from opening sockets with a
+    /// user's token (cross-site WebSocket hijacking). A request without
+    /// `Origin` (apps and services, which can write any `Origin` anyway) is
+    /// allowed. Empty (the default): any origin is allowed, since tokens are
+    /// short-lived, single-use and issued only to authenticated callers; set
+    /// it wherever browsers connect.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WsConfig {
@@ -157,6 +227,7 @@ impl Default for WsConfig {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             send_queue_len: 256,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -324,6 +395,19 @@ impl Config {
                 "must be shorter than ws.idle_timeout_secs, or pongs cannot keep a session alive",
             );
         }
+        if self.server.drain_spread_secs != 0
+            && self.server.drain_spread_secs >= self.server.shutdown_grace_secs
+        {
+            return invalid(
+                "server.drain_spread_secs",
+                "must be shorter than server.shutdown_grace_secs, or sessions would be cut off",
+            );
+        }
+        if let Err(err) = crate::origin::OriginPolicy::new(&self.ws.allowed_origins) {
+            return invalid("ws.allowed_origins", &err.to_string());
+        }
+        self.limits.validate(self.ws.max_message_bytes)?;
+        safety::validate(self)?;
         if let Some(id) = &self.node.id {
             let ok = !id.is_empty()
                 && id.len() <= 64

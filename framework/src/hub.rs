@@ -9,7 +9,7 @@
 //! The indexes sit behind one `std::sync::RwLock`. Every critical section is
 //! a few map operations; no lock is ever held across an `.await`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -20,7 +20,8 @@ use crate::broker::Delivery;
 use crate::envelope::SendType;
 use crate::session::SessionEnd;
 
-/// Most tags plus businesses one session may be subscribed to.
+/// Default for the most tags plus businesses one session may be subscribed
+/// to; the node uses `limits.max_subscriptions_per_session`.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// A frame waiting in a session's outbound queue.
@@ -66,17 +67,36 @@ impl SessionHandle {
     }
 
     /// Queues a frame without waiting. A full queue ends the session.
-    fn offer(&self, frame: &Outbound) -> bool {
+    fn offer(&self, frame: &Outbound) -> Offered {
         match self.tx.try_send(frame.clone()) {
-            Ok(()) => true,
+            Ok(()) => Offered::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(SessionEnd::SlowClient);
-                false
+                Offered::Full
             }
             // The session is already ending.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closing,
         }
     }
+}
+
+/// What became of one frame offered to one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    Queued,
+    Full,
+    Closing,
+}
+
+/// What a fan-out did, session by session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Sessions the frame was queued for.
+    pub delivered: usize,
+    /// Sessions whose queue was full; each is being closed as a slow client.
+    pub dropped_slow_client: usize,
+    /// Sessions that were already closing.
+    pub dropped_closing: usize,
 }
 
 #[derive(Default)]
@@ -99,10 +119,16 @@ struct Subscriptions {
 pub(crate) struct TooManySubscriptions;
 
 /// This node's sessions. See the module docs.
-#[derive(Default)]
 pub struct Hub {
     inner: RwLock<Indexes>,
     next_id: AtomicU64,
+    max_subscriptions: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::with_max_subscriptions(MAX_SUBSCRIPTIONS)
+    }
 }
 
 fn add_to(index: &mut HashMap<String, HashSet<u64>>, key: &str, id: u64) {
@@ -119,6 +145,20 @@ fn remove_from(index: &mut HashMap<String, HashSet<u64>>, key: &str, id: u64) {
 }
 
 impl Hub {
+    /// A hub that allows at most `max` tags plus businesses per session.
+    pub fn with_max_subscriptions(max: usize) -> Self {
+        Hub {
+            inner: RwLock::default(),
+            next_id: AtomicU64::default(),
+            max_subscriptions: max,
+        }
+    }
+
+    /// Most tags plus businesses one session may hold.
+    pub fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexes> {
         // Every critical section leaves the indexes consistent before it can
         // panic, so a poisoned lock is still safe to use.
@@ -151,11 +191,12 @@ impl Hub {
         let first = user.is_empty();
         user.insert(id);
         let mut subs = Subscriptions::default();
-        for tag in tags.iter().take(MAX_SUBSCRIPTIONS) {
+        for tag in tags.iter().take(self.max_subscriptions) {
             subs.tags.insert(tag.clone());
             add_to(&mut inner.by_tag, tag, id);
         }
-        for business in businesses.iter().take(MAX_SUBSCRIPTIONS - subs.tags.len()) {
+        let room = self.max_subscriptions.saturating_sub(subs.tags.len());
+        for business in businesses.iter().take(room) {
             subs.businesses.insert(business.clone());
             add_to(&mut inner.by_business, business, id);
         }
@@ -198,7 +239,7 @@ impl Hub {
             .filter(|b| !subs.businesses.contains(*b))
             .collect();
         let total = subs.tags.len() + subs.businesses.len() + new_tags.len() + new_businesses.len();
-        if total > MAX_SUBSCRIPTIONS {
+        if total > self.max_subscriptions {
             return Err(TooManySubscriptions);
         }
         subs.tags.extend(new_tags.iter().map(|t| (*t).clone()));
@@ -242,6 +283,18 @@ impl Hub {
         self.read().by_user.contains_key(unique_id)
     }
 
+    /// The sessions of `unique_id` connected here, counted by client type.
+    pub fn sessions_of(&self, unique_id: &str) -> BTreeMap<String, usize> {
+        let inner = self.read();
+        let mut counts = BTreeMap::new();
+        for id in inner.by_user.get(unique_id).into_iter().flatten() {
+            if let Some(handle) = inner.sessions.get(id) {
+                *counts.entry(handle.client_type.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     /// Number of sessions connected here.
     pub fn session_count(&self) -> usize {
         self.read().sessions.len()
@@ -250,6 +303,11 @@ impl Hub {
     /// Queues `delivery` for every matching local session. Returns how many
     /// sessions it was queued for.
     pub fn fan_out(&self, delivery: &Delivery) -> usize {
+        self.fan_out_counted(delivery).delivered
+    }
+
+    /// Like [`Hub::fan_out`], saying what became of each matching session.
+    pub fn fan_out_counted(&self, delivery: &Delivery) -> FanOut {
         let env = &delivery.envelope;
         let client_type = env.to_client_type.as_deref();
         let matches = |h: &SessionHandle| client_type.is_none_or(|c| h.client_type == c);
@@ -278,7 +336,15 @@ impl Hub {
                 .cloned()
                 .collect()
         };
-        targets.iter().filter(|h| h.offer(&delivery.text)).count()
+        let mut counts = FanOut::default();
+        for target in &targets {
+            match target.offer(&delivery.text) {
+                Offered::Queued => counts.delivered += 1,
+                Offered::Full => counts.dropped_slow_client += 1,
+                Offered::Closing => counts.dropped_closing += 1,
+            }
+        }
+        counts
     }
 }
 

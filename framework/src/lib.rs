@@ -21,16 +21,27 @@
 //! Modules, in the order a message meets them: [`routes`](crate::Server)
 //! (HTTP and the upgrade), [`session`] (one connection), [`node`] (the
 //! protocol's rules), [`handler`] (business logic), [`hub`] (local fan-out),
-//! [`broker`] (everything that crosses nodes).
+//! [`broker`] (everything that crosses nodes). Around them, for security and
+//! operations: [`authenticators`] and [`origin`] decide who may call and
+//! connect, [`replay`] keeps tokens single-use, [`limits`] bounds what one
+//! client, user or node may take, and [`metrics`] and [`presence`] answer
+//! operators (`docs/operations.md`).
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod authenticators;
 pub mod broker;
 pub mod config;
+mod drain;
 pub mod handler;
 pub mod hub;
+pub mod limits;
+pub mod metrics;
 pub mod node;
+pub mod origin;
+pub mod presence;
 pub mod registry;
+pub mod replay;
 mod routes;
 mod server;
 pub mod session;
@@ -40,6 +51,7 @@ pub mod token;
 pub use switchboard_protocol::envelope;
 
 pub use async_trait::async_trait;
+pub use authenticators::AuthenticatorDescriptor;
 pub use config::Config;
 pub use envelope::{Envelope, ErrorCode, MessageType, Refusal, SendType};
 pub use handler::{BusinessHandler, ClientInfo, Context, HandlerError};
@@ -60,4 +72,6 @@ const _: () = {
     thread_safe::<node::Node>();
     thread_safe::<HandlerRegistry>();
     thread_safe::<broker::Delivery>();
+    thread_safe::<metrics::Metrics>();
+    thread_safe::<limits::Admission>();
 };

@@ -20,7 +20,12 @@ use crate::config::Config;
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal};
 use crate::handler::{ClientInfo, Context, HandlerError};
 use crate::hub::Hub;
+use crate::limits::Admission;
+use crate::metrics::{DeliveryOutcome, Metrics};
+use crate::origin::OriginPolicy;
+use crate::presence::Presence;
 use crate::registry::HandlerRegistry;
+use crate::replay::UsedTokens;
 use crate::token::TokenSigner;
 
 /// One Switchboard node. Built by [`crate::Server`]; handlers reach it only
@@ -36,6 +41,10 @@ pub struct Node {
     authenticator: Arc<dyn Authenticator>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    used_tokens: UsedTokens,
+    origins: OriginPolicy,
 }
 
 impl Node {
@@ -46,18 +55,31 @@ impl Node {
         broker: Arc<dyn Broker>,
         signer: TokenSigner,
         authenticator: Arc<dyn Authenticator>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Node> {
+        let limits = &config.limits;
+        let admission = Admission::new(limits.max_connections, limits.max_sessions_per_user);
+        let used_tokens = UsedTokens::new(limits.max_used_tokens);
+        let hub = Hub::with_max_subscriptions(limits.max_subscriptions_per_session);
+        // The list was checked when the configuration was validated; should
+        // an unchecked one ever arrive, refuse browsers rather than allow all.
+        let origins = OriginPolicy::new(&config.ws.allowed_origins)
+            .unwrap_or_else(|_| OriginPolicy::refuse_browsers());
         Arc::new_cyclic(|me| Node {
             me: me.clone(),
             config,
             node_id,
             registry,
-            hub: Hub::default(),
+            hub,
             broker,
             signer,
             authenticator,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            metrics,
+            admission,
+            used_tokens,
+            origins,
         })
     }
 
@@ -100,6 +122,34 @@ impl Node {
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
         self.authenticator.as_ref()
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    pub(crate) fn used_tokens(&self) -> &UsedTokens {
+        &self.used_tokens
+    }
+
+    pub(crate) fn origins(&self) -> &OriginPolicy {
+        &self.origins
+    }
+
+    /// The presence of `unique_id`: this node's sessions plus, through the
+    /// broker, every other node's.
+    ///
+    /// # Errors
+    ///
+    /// A [`crate::broker::BrokerError`] when other nodes cannot be asked.
+    pub async fn presence(&self, unique_id: &str) -> Result<Presence, crate::broker::BrokerError> {
+        let local = self.local_presence(unique_id);
+        self.broker.presence(unique_id, local).await
     }
 
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
@@ -213,7 +263,7 @@ impl Node {
                     Ok(()) => vec![Envelope::ack(&id)],
                     Err(_) => refuse(Refusal::invalid(format!(
                         "a session may hold at most {} subscriptions",
-                        crate::hub::MAX_SUBSCRIPTIONS
+                        self.hub.max_subscriptions()
                     ))),
                 }
             }
@@ -249,10 +299,12 @@ impl Node {
             Some(sender.clone()),
             Some(id.clone()),
         );
+        let timer = self.metrics.handler_timer(&business, "client");
         let result = registered
             .handler
             .on_client_message(&mut ctx, envelope)
             .await;
+        drop(timer);
         match result {
             Ok(()) => {
                 let mut answers = vec![Envelope::ack(&id)];
@@ -330,7 +382,10 @@ impl NodeSink for Node {
         let id = event.id().to_owned();
         let registered = self.registry.get(&business).map_err(EventError::Reject)?;
         let mut ctx = Context::new(self.arc(), &business, None, None);
-        match registered.handler.on_event(&mut ctx, event).await {
+        let timer = self.metrics.handler_timer(&business, "event");
+        let result = registered.handler.on_event(&mut ctx, event).await;
+        drop(timer);
+        match result {
             Ok(()) => Ok(()),
             Err(HandlerError::Refused(refusal)) => Err(EventError::Reject(refusal)),
             Err(err) => {
@@ -341,10 +396,33 @@ impl NodeSink for Node {
     }
 
     fn deliver_local(&self, delivery: &Delivery) -> usize {
-        self.hub.fan_out(delivery)
+        let counts = self.hub.fan_out_counted(delivery);
+        let message_type = delivery.envelope.message_type;
+        let metrics = &self.metrics;
+        if counts == crate::hub::FanOut::default() {
+            metrics.delivered(message_type, DeliveryOutcome::NoLocalSession, 1);
+        }
+        let per_session = [
+            (DeliveryOutcome::Delivered, counts.delivered),
+            (
+                DeliveryOutcome::DroppedSlowClient,
+                counts.dropped_slow_client,
+            ),
+            (DeliveryOutcome::DroppedClosing, counts.dropped_closing),
+        ];
+        for (outcome, n) in per_session {
+            metrics.delivered(message_type, outcome, n as u64);
+        }
+        counts.delivered
     }
 
     fn has_local_user(&self, unique_id: &str) -> bool {
         self.hub.has_user(unique_id)
+    }
+
+    fn local_presence(&self, unique_id: &str) -> Presence {
+        Presence {
+            sessions: self.hub.sessions_of(unique_id),
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! The HTTP surface: token issue, the WebSocket upgrade, event publishing,
-//! liveness and readiness.
+//! presence, metrics, liveness and readiness.
 //!
 //! Every JSON answer has the shape `{ "result", "description", "data" }`:
 //! `result` is 0 on success and otherwise equals the HTTP status, so a caller
 //! can branch on either.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -16,7 +16,10 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::envelope::{Envelope, MAX_NAME_LEN, MAX_TARGETS, Refusal};
+use crate::limits::AdmissionError;
+use crate::metrics::{Metrics, UpgradeRefusal};
 use crate::node::Node;
+use crate::replay::Claim;
 use crate::session;
 use crate::token::{Claims, TokenError, now_secs};
 
@@ -28,7 +31,11 @@ struct ApiAnswer {
     data: Option<Value>,
 }
 
-fn answer(status: StatusCode, description: impl Into<String>, data: Option<Value>) -> Response {
+pub(crate) fn answer(
+    status: StatusCode,
+    description: impl Into<String>,
+    data: Option<Value>,
+) -> Response {
     let result = if status.is_success() {
         0
     } else {
@@ -50,15 +57,43 @@ fn refused(status: StatusCode, refusal: &Refusal) -> Response {
     )
 }
 
-/// A token that failed verification, turned into 401 by [`recover`].
+/// An upgrade refused before it happened, answered by [`recover`].
 #[derive(Debug)]
-struct BadToken(TokenError);
-impl warp::reject::Reject for BadToken {}
+struct UpgradeRefused(UpgradeRefusal);
+impl warp::reject::Reject for UpgradeRefused {}
 
-/// The node is draining or full, turned into 503 by [`recover`].
-#[derive(Debug)]
-struct Draining;
-impl warp::reject::Reject for Draining {}
+/// Counts and logs a refused upgrade, and makes its rejection.
+fn refuse_upgrade(node: &Node, reason: UpgradeRefusal) -> Rejection {
+    node.metrics().upgrade_refused(reason);
+    tracing::debug!(target: "switchboard::http", reason = reason.label(), "upgrade refused");
+    warp::reject::custom(UpgradeRefused(reason))
+}
+
+impl UpgradeRefused {
+    fn status_and_description(&self) -> (StatusCode, &'static str) {
+        match self.0 {
+            UpgradeRefusal::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
+            UpgradeRefusal::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid token"),
+            UpgradeRefusal::ExpiredToken => (StatusCode::UNAUTHORIZED, "token expired"),
+            UpgradeRefusal::ReusedToken => (StatusCode::UNAUTHORIZED, "token already used"),
+            UpgradeRefusal::UserSessionLimit => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sessions for this user",
+            ),
+            UpgradeRefusal::NodeFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node is at its connection limit",
+            ),
+            UpgradeRefusal::TokenCheckUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token cannot be checked now; ask for a new one later",
+            ),
+            UpgradeRefusal::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+            }
+        }
+    }
+}
 
 /// All routes of a node.
 pub(crate) fn routes(
@@ -80,17 +115,39 @@ pub(crate) fn routes(
         .and(with_node.clone())
         .map(issue_token);
 
-    let socket = warp::path!("socket" / String)
+    // Stateless checks come before `warp::ws()`, so a bad token is a 401
+    // even without upgrade headers; the token is spent only in `upgrade`,
+    // once the request is a real upgrade.
+    let socket = warp::path("socket")
+        .and(token_segment())
         .and(warp::get())
+        .and(warp::header::optional::<String>("origin"))
         .and(with_node.clone())
         .and_then(check_token)
         .and(warp::ws())
-        .map(|(node, claims): (Arc<Node>, Claims), ws: warp::ws::Ws| {
-            let limit = node.config().ws.max_message_bytes;
-            let ws = ws.max_message_size(limit).max_frame_size(limit);
-            let tasks = node.session_tasks().clone();
-            ws.on_upgrade(move |socket| tasks.track_future(session::run(node, socket, claims)))
-                .into_response()
+        .and_then(upgrade);
+
+    let presence = warp::path!("api" / "presence")
+        .and(warp::get())
+        .and(
+            warp::query::<BTreeMap<String, String>>()
+                .or(warp::any().map(BTreeMap::new))
+                .unify(),
+        )
+        .and(warp::header::headers_cloned())
+        .and(with_node.clone())
+        .then(crate::presence::presence_endpoint);
+
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| {
+            let body = node.metrics().render(
+                node.broker().is_ready(),
+                node.is_draining(),
+                node.used_tokens().len(),
+            );
+            warp::reply::with_header(body, "content-type", Metrics::content_type()).into_response()
         });
 
     let publish_limit = node.config().ws.max_message_bytes as u64;
@@ -127,6 +184,10 @@ pub(crate) fn routes(
         .unify()
         .or(readyz)
         .unify()
+        .or(presence)
+        .unify()
+        .or(metrics)
+        .unify()
         .recover(recover)
         .unify()
 }
@@ -142,14 +203,32 @@ fn issue_token(query: HashMap<String, String>, headers: HeaderMap, node: Arc<Nod
             None,
         );
     }
+    // A full node sends token requests elsewhere rather than issue a URL
+    // that its upgrade would refuse.
+    if node.admission().is_full() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is at its connection limit",
+            None,
+        );
+    }
     let claims = match claims_from_query(&query, node.config().auth.token_ttl_secs) {
         Ok(claims) => claims,
         Err(why) => return answer(StatusCode::BAD_REQUEST, why, None),
     };
+    let max_subscriptions = node.hub().max_subscriptions();
+    if claims.tags.len() + claims.businesses.len() > max_subscriptions {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            format!("tags and businesses together may name at most {max_subscriptions}"),
+            None,
+        );
+    }
     let Some(base) = public_base(node.config().server.public_url.as_deref(), &headers) else {
         return answer(StatusCode::BAD_REQUEST, "missing Host header", None);
     };
     let token = node.signer().sign(&claims);
+    node.metrics().token_issued();
     tracing::debug!(
         target: "switchboard::http",
         unique_id = %claims.unique_id, client_type = %claims.client_type,
@@ -165,8 +244,7 @@ fn issue_token(query: HashMap<String, String>, headers: HeaderMap, node: Arc<Nod
 /// Validates the token request's parameters into claims.
 fn claims_from_query(query: &HashMap<String, String>, ttl_secs: u64) -> Result<Claims, String> {
     let unique_id = query.get("uniqueId").ok_or("missing parameter uniqueId")?;
-    let user_ok = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
-    if unique_id.is_empty() || unique_id.len() > 128 || !unique_id.chars().all(user_ok) {
+    if !valid_unique_id(unique_id) {
         return Err("uniqueId must be 1 to 128 letters, digits or ._:@-".into());
     }
     let client_type = query
@@ -202,6 +280,12 @@ fn claims_from_query(query: &HashMap<String, String>, ttl_secs: u64) -> Result<C
     })
 }
 
+/// Whether `unique_id` is 1 to 128 letters, digits or `._:@-`.
+pub(crate) fn valid_unique_id(unique_id: &str) -> bool {
+    let user_ok = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
+    !unique_id.is_empty() && unique_id.len() <= 128 && unique_id.chars().all(user_ok)
+}
+
 /// `ws://host` from the configured public URL or the request's Host header.
 fn public_base(public_url: Option<&str>, headers: &HeaderMap) -> Option<String> {
     if let Some(url) = public_url {
@@ -223,52 +307,153 @@ fn public_base(public_url: Option<&str>, headers: &HeaderMap) -> Option<String> 
     host_ok.then(|| format!("ws://{host}"))
 }
 
-async fn check_token(token: String, node: Arc<Node>) -> Result<(Arc<Node>, Claims), Rejection> {
+/// The path segment after `/socket/`: the token.
+///
+/// Read through `path::tail()` rather than `path!("socket" / String)`,
+/// because warp's segment parameter logs the value it parses at TRACE
+/// (`warp::filters::path`), and this value is a live token.
+fn token_segment() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path::tail().and_then(|tail: warp::path::Tail| async move {
+        let token = tail.as_str();
+        if token.is_empty() || token.contains('/') {
+            Err(warp::reject::not_found())
+        } else {
+            Ok(token.to_owned())
+        }
+    })
+}
+
+/// The checks that need no state change, cheapest first: origin, drain,
+/// node capacity, then the token's signature and expiry.
+async fn check_token(
+    token: String,
+    origin: Option<String>,
+    node: Arc<Node>,
+) -> Result<(Arc<Node>, Claims), Rejection> {
+    if !node.origins().allows(origin.as_deref()) {
+        return Err(refuse_upgrade(&node, UpgradeRefusal::Origin));
+    }
     if node.is_draining() {
-        return Err(warp::reject::custom(Draining));
+        return Err(refuse_upgrade(&node, UpgradeRefusal::ShuttingDown));
+    }
+    if node.admission().is_full() {
+        return Err(refuse_upgrade(&node, UpgradeRefusal::NodeFull));
     }
     match node.signer().verify(&token, now_secs()) {
         Ok(claims) => Ok((node, claims)),
-        Err(err) => {
-            tracing::debug!(target: "switchboard::http", error = %err, "token refused");
-            Err(warp::reject::custom(BadToken(err)))
+        Err(TokenError::Expired) => Err(refuse_upgrade(&node, UpgradeRefusal::ExpiredToken)),
+        Err(TokenError::Malformed | TokenError::BadSignature) => {
+            Err(refuse_upgrade(&node, UpgradeRefusal::InvalidToken))
         }
     }
+}
+
+/// Takes the connection's place under the caps, spends the token, and
+/// upgrades. The order matters: a connection refused for a cap keeps its
+/// token unspent, and the place is held from here until the session ends.
+async fn upgrade(
+    (node, claims): (Arc<Node>, Claims),
+    ws: warp::ws::Ws,
+) -> Result<Response, Rejection> {
+    let permit = match node.admission().admit(&claims.unique_id) {
+        Ok(permit) => permit,
+        Err(AdmissionError::NodeFull) => {
+            return Err(refuse_upgrade(&node, UpgradeRefusal::NodeFull));
+        }
+        Err(AdmissionError::UserFull) => {
+            // DEBUG, not INFO: upgrades are not rate-limited, and the
+            // metric already counts these.
+            tracing::debug!(
+                target: "switchboard::http",
+                unique_id = %claims.unique_id, client_type = %claims.client_type,
+                "upgrade refused: user at limits.max_sessions_per_user"
+            );
+            return Err(refuse_upgrade(&node, UpgradeRefusal::UserSessionLimit));
+        }
+    };
+
+    match node
+        .used_tokens()
+        .claim(&claims.token_id, claims.expires_at, now_secs())
+    {
+        Claim::Fresh => {}
+        Claim::Reused => return Err(refuse_upgrade(&node, UpgradeRefusal::ReusedToken)),
+        Claim::Full => {
+            tracing::warn!(
+                target: "switchboard::http",
+                "used-token record is at limits.max_used_tokens; refusing upgrades"
+            );
+            return Err(refuse_upgrade(&node, UpgradeRefusal::TokenCheckUnavailable));
+        }
+    }
+    match node
+        .broker()
+        .claim_token(&claims.token_id, claims.expires_at)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(refuse_upgrade(&node, UpgradeRefusal::ReusedToken)),
+        Err(err) => {
+            tracing::warn!(
+                target: "switchboard::http",
+                error = %err,
+                "token claim not checked by the broker"
+            );
+            return Err(refuse_upgrade(&node, UpgradeRefusal::TokenCheckUnavailable));
+        }
+    }
+
+    let limit = node.config().ws.max_message_bytes;
+    let ws = ws.max_message_size(limit).max_frame_size(limit);
+    let tasks = node.session_tasks().clone();
+    // The permit moves into the session and is dropped when it ends, or
+    // with the callback if the upgrade never completes.
+    Ok(ws
+        .on_upgrade(move |socket| {
+            tasks.track_future(async move {
+                let _permit = permit;
+                session::run(node, socket, claims).await;
+            })
+        })
+        .into_response())
 }
 
 async fn publish_event(headers: HeaderMap, body: bytes::Bytes, node: Arc<Node>) -> Response {
     if let Err(err) = node.authenticator().authenticate(&headers) {
         return answer(StatusCode::UNAUTHORIZED, err.to_string(), None);
     }
+    let metrics = node.metrics();
     let event = match Envelope::parse_bytes(&body) {
         Ok(event) => event,
-        Err(refusal) => return refused(StatusCode::BAD_REQUEST, &refusal),
+        Err(refusal) => {
+            metrics.event_published("refused");
+            return refused(StatusCode::BAD_REQUEST, &refusal);
+        }
     };
     match node.accept_service_event(event).await {
-        Ok(message_id) => answer(
-            StatusCode::OK,
-            "ok",
-            Some(serde_json::json!({ "messageId": message_id })),
-        ),
+        Ok(message_id) => {
+            metrics.event_published("accepted");
+            answer(
+                StatusCode::OK,
+                "ok",
+                Some(serde_json::json!({ "messageId": message_id })),
+            )
+        }
         Err(refusal) if refusal.code == crate::envelope::ErrorCode::Unavailable => {
+            metrics.event_published("unavailable");
             refused(StatusCode::SERVICE_UNAVAILABLE, &refusal)
         }
-        Err(refusal) => refused(StatusCode::BAD_REQUEST, &refusal),
+        Err(refusal) => {
+            metrics.event_published("refused");
+            refused(StatusCode::BAD_REQUEST, &refusal)
+        }
     }
 }
 
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let (status, description) = if let Some(BadToken(err)) = rejection.find() {
-        let why = match err {
-            TokenError::Expired => "token expired",
-            TokenError::Malformed | TokenError::BadSignature => "invalid token",
-        };
-        (StatusCode::UNAUTHORIZED, why.to_owned())
-    } else if rejection.find::<Draining>().is_some() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is shutting down".to_owned(),
-        )
+    let (status, description) = if let Some(refused) = rejection.find::<UpgradeRefused>() {
+        let (status, description) = refused.status_and_description();
+        (status, description.to_owned())
     } else if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{ApiKeys, Authenticator};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, BrokerError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::metrics::{BrokerMetrics, Metrics};
 use crate::node::Node;
 use crate::registry::HandlerRegistry;
 use crate::routes;
@@ -33,6 +33,9 @@ pub enum StartError {
     /// The broker could not be reached or set up.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The configuration is not valid; the message names the key.
+    #[error("bad configuration: {0}")]
+    Config(#[from] ConfigError),
 }
 
 /// A node that is bound and ready to serve.
@@ -49,8 +52,11 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`StartError`] when the broker or the listener cannot be set up.
+    /// [`StartError`] when the configuration is invalid or the broker or
+    /// the listener cannot be set up.
     pub async fn bind(config: Config, registry: HandlerRegistry) -> Result<Server, StartError> {
+        // A configuration built in code has not been through `Config::load`.
+        config.validate()?;
         let node_id = config.node.id.clone().unwrap_or_else(|| {
             let suffix = uuid::Uuid::new_v4().simple().to_string();
             format!("node-{}", &suffix[..8])
@@ -66,7 +72,12 @@ impl Server {
                 TokenSigner::random()
             }
         };
-        let authenticator: Arc<dyn Authenticator> = Arc::new(ApiKeys::new(&config.auth.api_keys));
+        let authenticator = crate::authenticators::build(&config)?;
+        tracing::info!(
+            target: "switchboard::server",
+            authenticator = %config.auth.authenticator,
+            "authenticator selected"
+        );
         if authenticator.is_open() {
             tracing::warn!(
                 target: "switchboard::server",
@@ -74,7 +85,8 @@ impl Server {
                  publish events"
             );
         }
-        let broker = make_broker(&config, &node_id).await?;
+        let metrics = Arc::new(Metrics::new(&registry.business_types()));
+        let broker = make_broker(&config, &node_id, metrics.broker()).await?;
 
         let addr = config.server.bind;
         let listener = TcpListener::bind(addr)
@@ -91,6 +103,7 @@ impl Server {
             broker.clone(),
             signer,
             authenticator,
+            metrics,
         );
         broker.start(node.clone()).await?;
         Ok(Server {
@@ -204,13 +217,16 @@ impl ServerHandle {
     }
 }
 
-async fn make_broker(config: &Config, node_id: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+async fn make_broker(
+    config: &Config,
+    node_id: &str,
+    metrics: BrokerMetrics,
+) -> Result<Arc<dyn Broker>, BrokerError> {
     let timeout = Duration::from_secs(config.broker.publish_timeout_secs);
     match &config.broker.url {
-        None => Ok(Arc::new(EmbeddedBroker::new(
-            config.broker.max_retries,
-            timeout,
-        ))),
+        None => Ok(Arc::new(
+            EmbeddedBroker::new(config.broker.max_retries, timeout).with_metrics(metrics),
+        )),
         Some(_) => Ok(Arc::new(AmqpBroker::new(config, node_id)?)),
     }
 }

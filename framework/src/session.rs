@@ -21,6 +21,8 @@ use warp::ws::{Message, WebSocket};
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal, salvage_message_id};
 use crate::handler::ClientInfo;
 use crate::hub::{Outbound, SessionHandle};
+use crate::limits::{SessionLimiter, Verdict};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::token::Claims;
 
@@ -44,6 +46,8 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame held bytes that are not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The client kept sending past its rate limits (`limits.*`).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame was larger than `ws.max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// An unexpected server error.
@@ -72,6 +76,8 @@ pub enum SessionEnd {
     Shutdown,
     /// The client did not read fast enough.
     SlowClient,
+    /// The client went on sending while rate-limited.
+    RateLimited,
     /// The connection failed (reset, protocol violation).
     Transport(String),
     /// Ended by the server for another reason.
@@ -91,6 +97,7 @@ impl SessionEnd {
             }
             SessionEnd::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
             SessionEnd::SlowClient => Some((close_code::SLOW_CLIENT, "client not reading")),
+            SessionEnd::RateLimited => Some((close_code::POLICY_VIOLATION, "rate limit exceeded")),
             SessionEnd::Transport(_) => None,
             SessionEnd::Kicked => Some((close_code::NORMAL, "closed by server")),
         }
@@ -105,23 +112,29 @@ impl SessionEnd {
             SessionEnd::ProtocolViolation => "protocol_violation",
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::SlowClient => "slow_client",
+            SessionEnd::RateLimited => "rate_limited",
             SessionEnd::Transport(_) => "transport_error",
             SessionEnd::Kicked => "kicked",
         }
     }
 
-    /// Logs the end once, at the level its cause calls for: client
-    /// misbehaviour at INFO, everything routine at DEBUG.
-    fn log(&self, info: &ClientInfo) {
+    /// Logs and counts the end once, at the level its cause calls for:
+    /// client misbehaviour at INFO, everything routine at DEBUG.
+    fn record(&self, info: &ClientInfo, metrics: &Metrics) {
         let session_id = info.session_id.as_str();
         let unique_id = info.unique_id.as_str();
         let client_type = info.client_type.as_str();
         let reason = self.label();
+        metrics.session_ended(reason);
+        if *self == SessionEnd::SlowClient {
+            metrics.slow_client_disconnected();
+        }
         match self {
             SessionEnd::MessageTooBig
             | SessionEnd::InvalidUtf8
             | SessionEnd::ProtocolViolation
-            | SessionEnd::SlowClient => tracing::info!(
+            | SessionEnd::SlowClient
+            | SessionEnd::RateLimited => tracing::info!(
                 target: "switchboard::ws",
                 session_id, unique_id, client_type, reason,
                 "session closed for client misbehaviour"
@@ -176,6 +189,7 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
         "session connected"
     );
 
+    let _open = node.metrics().session_opened(&info.client_type);
     let (mut sink, mut stream) = socket.split();
     let connected = connected_frame(&node, &info, &claims.tags, &claims.businesses);
     let hello = [Message::text(connected.to_json())];
@@ -188,7 +202,7 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
     if node.hub().unregister(&handle) {
         node.broker().user_presence_changed(&info.unique_id);
     }
-    end.log(&info);
+    end.record(&info, node.metrics());
 
     // The client may be gone or not reading: every write here is bounded and
     // best effort.
@@ -216,6 +230,10 @@ async fn session_loop(
 ) -> SessionEnd {
     let config = &node.config().ws;
     let shutdown = node.shutdown_token();
+    // Drawn once: the session's own moment to close when the node drains.
+    let closing = crate::drain::closing_turn(node);
+    tokio::pin!(closing);
+    let mut limiter = SessionLimiter::new(&node.config().limits, Instant::now());
 
     let ping_every = Duration::from_secs(config.ping_interval_secs);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every.max(MIN_TICK));
@@ -229,7 +247,7 @@ async fn session_loop(
         tokio::select! {
             biased;
             reason = handle.ended() => return reason,
-            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            () = &mut closing => return SessionEnd::Shutdown,
             frame = rx.recv() => {
                 // The hub holds a sender as long as the session is registered,
                 // so the queue cannot close while this loop runs.
@@ -260,9 +278,22 @@ async fn session_loop(
                 if message.is_ping() || message.is_pong() {
                     continue;
                 }
+                match limiter.check(message.as_bytes().len(), Instant::now()) {
+                    Verdict::Pass => {}
+                    Verdict::Close => return SessionEnd::RateLimited,
+                    Verdict::Limited => {
+                        let answer = rate_limited(node, info, &message, &mut refusals_logged);
+                        if let Err(end) = write_all(sink, handle, shutdown, [answer]).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                }
                 let answers = if let Ok(text) = message.to_str() {
                     answer_text(node, info, handle, text, &mut refusals_logged).await
                 } else {
+                    node.metrics().binary_frame_received();
+                    node.metrics().frame_sent(Some(MessageType::Error));
                     let refusal = Refusal::new(
                         ErrorCode::UnsupportedFrame,
                         "only text frames holding one JSON envelope are accepted",
@@ -298,9 +329,12 @@ async fn answer_text(
     text: &str,
     refusals_logged: &mut u32,
 ) -> Vec<Envelope> {
+    let metrics = node.metrics();
     let envelope = match Envelope::parse(text) {
         Ok(envelope) => envelope,
         Err(refusal) => {
+            metrics.frame_received(None);
+            metrics.frame_sent(Some(MessageType::Error));
             log_refusal(info, &refusal, refusals_logged);
             return vec![Envelope::error(
                 &refusal,
@@ -308,8 +342,10 @@ async fn answer_text(
             )];
         }
     };
+    metrics.frame_received(envelope.message_type);
     let answers = node.on_client_envelope(info, handle.id, envelope).await;
     for answer in &answers {
+        metrics.frame_sent(answer.message_type);
         if answer.message_type == Some(MessageType::Error) {
             let code = answer
                 .content
@@ -326,8 +362,23 @@ async fn answer_text(
     answers
 }
 
-/// Logs a client's malformed frame: the first few of a session at INFO, the
-/// rest at DEBUG, so one misbehaving client cannot flood the log.
+/// The answer to a frame dropped by the rate limiter, counted and logged
+/// like any refusal.
+fn rate_limited(node: &Node, info: &ClientInfo, message: &Message, logged: &mut u32) -> Message {
+    let refusal = Refusal::new(
+        ErrorCode::RateLimited,
+        "too many frames or bytes; this frame was dropped, slow down",
+    );
+    node.metrics().frame_rate_limited();
+    node.metrics().frame_sent(Some(MessageType::Error));
+    log_refusal(info, &refusal, logged);
+    let message_id = message.to_str().ok().and_then(salvage_message_id);
+    Message::text(Envelope::error(&refusal, message_id.as_deref()).to_json())
+}
+
+/// Logs a client's malformed or rate-limited frame: the first few of a
+/// session at INFO, the rest at DEBUG, so one misbehaving client cannot
+/// flood the log.
 fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
     const AT_INFO: u32 = 3;
     let code = refusal.code.as_str();
@@ -337,12 +388,12 @@ fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
             target: "switchboard::ws",
             session_id = %info.session_id, unique_id = %info.unique_id,
             code, error = %refusal.message,
-            "malformed client frame"
+            "client frame refused"
         );
     } else {
         tracing::debug!(
             target: "switchboard::ws",
-            session_id = %info.session_id, code, "malformed client frame"
+            session_id = %info.session_id, code, "client frame refused"
         );
     }
 }

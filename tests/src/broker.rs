@@ -74,6 +74,8 @@ pub fn amqp_config() -> Config {
     let mut config = test_config();
     config.broker.url = Some(amqp_url());
     config.node.id = Some(unique("node"));
+    // Test nodes listen on loopback only; cluster mode otherwise demands keys.
+    config.auth.allow_open = true;
     config
 }
 

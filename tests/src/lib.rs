@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod upgrade;
+pub use upgrade::metric;
+
 // Link the shipped handlers; without these lines their registrations vanish.
 use switchboard_notice as _;
 use switchboard_page_update as _;
@@ -55,6 +58,12 @@ pub fn test_config() -> Config {
     config.server.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     config.server.shutdown_grace_secs = 5;
     config.auth.secret = Some(TEST_SECRET.into());
+    // Sessions close at once on shutdown; the spread is tested on its own.
+    config.server.drain_spread_secs = 0;
+    // Tests of other behaviour send bursts of frames; rate limits are tested
+    // on their own, with their own settings.
+    config.limits.frames_per_sec = 0;
+    config.limits.bytes_per_sec = 0;
     config
 }
 

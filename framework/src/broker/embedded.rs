@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError, Delivery, EventError, NodeSink};
 use crate::envelope::Envelope;
+use crate::metrics::BrokerMetrics;
 
 /// Events that may wait for processing before publishes start to wait.
 const EVENT_QUEUE_LEN: usize = 4096;
@@ -48,6 +49,7 @@ pub struct EmbeddedBroker {
     publish_timeout: Duration,
     stop: CancellationToken,
     tasks: TaskTracker,
+    metrics: Option<BrokerMetrics>,
 }
 
 impl EmbeddedBroker {
@@ -66,6 +68,21 @@ impl EmbeddedBroker {
             publish_timeout,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            metrics: None,
+        }
+    }
+
+    /// Counts publishes and dead letters into `metrics`.
+    pub fn with_metrics(mut self, metrics: BrokerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_publish(&self, ok: bool) {
+        match (&self.metrics, ok) {
+            (Some(metrics), true) => metrics.publish_confirmed(),
+            (Some(metrics), false) => metrics.publish_failed(),
+            (None, _) => {}
         }
     }
 
@@ -94,6 +111,7 @@ async fn run_events(
     dead: Arc<Mutex<VecDeque<DeadLetter>>>,
     max_retries: u32,
     stop: CancellationToken,
+    metrics: Option<BrokerMetrics>,
 ) {
     loop {
         // On stop, close the queue to new events but finish the ones already
@@ -129,6 +147,9 @@ async fn run_events(
                 reason = %reason,
                 "event dead-lettered"
             );
+            if let Some(metrics) = &metrics {
+                metrics.dead_lettered();
+            }
             let mut dead = lock(&dead);
             if dead.len() == DEAD_LETTERS_KEPT {
                 dead.pop_front();
@@ -156,6 +177,7 @@ impl Broker for EmbeddedBroker {
             self.dead.clone(),
             self.max_retries,
             stop,
+            self.metrics.clone(),
         ));
         Ok(())
     }
@@ -165,13 +187,15 @@ impl Broker for EmbeddedBroker {
             return Err(BrokerError::ShuttingDown);
         }
         let send = self.events_tx.send(event.clone());
-        match tokio::time::timeout(self.publish_timeout, send).await {
+        let result = match tokio::time::timeout(self.publish_timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::ShuttingDown),
             Err(_) => Err(BrokerError::Timeout {
                 message_id: event.id().to_owned(),
             }),
-        }
+        };
+        self.count_publish(result.is_ok());
+        result
     }
 
     async fn publish_outbound(&self, message: &Envelope) -> Result<(), BrokerError> {

@@ -38,6 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::envelope::{Envelope, Refusal};
+use crate::presence::Presence;
 
 /// A delivery: an addressed envelope and its JSON text, serialized once and
 /// shared by every session it goes to.
@@ -119,6 +120,14 @@ pub trait NodeSink: Send + Sync + 'static {
 
     /// Whether a session of `unique_id` is connected to this node.
     fn has_local_user(&self, unique_id: &str) -> bool;
+
+    /// This node's sessions of `unique_id` by client type, for a broker
+    /// that answers other nodes' presence questions. Default: none, for
+    /// sinks that hold no sessions.
+    fn local_presence(&self, unique_id: &str) -> Presence {
+        let _ = unique_id;
+        Presence::default()
+    }
 }
 
 /// A message broker as the node sees it. See the module docs for the
@@ -174,6 +183,43 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is usable now (drives `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Marks a connection token as used across the cluster. The node calls
+    /// it at the upgrade, after its own record (see [`crate::replay`])
+    /// accepted the token, and upgrades only on `Ok(true)`. `Ok(false)`
+    /// means another node already accepted this token: the upgrade is
+    /// refused with 401. `expires_at` (seconds since the epoch) is when the
+    /// claim may be forgotten.
+    ///
+    /// Default: `Ok(true)`, right for a single node, whose own record is the
+    /// whole truth. A broker that connects several nodes must override it
+    /// with an atomic first-claim-wins check that all nodes share, or a
+    /// token can connect once on every node.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the check cannot be made; the upgrade is
+    /// refused with 503 (the token stays used on this node).
+    async fn claim_token(&self, token_id: &str, expires_at: u64) -> Result<bool, BrokerError> {
+        let _ = (token_id, expires_at);
+        Ok(true)
+    }
+
+    /// The presence of `unique_id` across the cluster, given this node's own
+    /// (`local`). Serves `GET /api/presence`.
+    ///
+    /// Default: `Ok(local)`, right for a single node. A broker that connects
+    /// several nodes must override it to add the other nodes' counts (each
+    /// answering from [`NodeSink::local_presence`]), within a bounded time.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the other nodes cannot be asked; the endpoint
+    /// answers 503 rather than a count it knows is partial.
+    async fn presence(&self, unique_id: &str, local: Presence) -> Result<Presence, BrokerError> {
+        let _ = unique_id;
+        Ok(local)
+    }
 
     /// Stops consuming and hands unacknowledged work back to the broker,
     /// then closes. Waits at most for in-flight work to finish.
