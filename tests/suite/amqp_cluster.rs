@@ -186,3 +186,40 @@ async fn routing_follows_a_user_who_moves_between_nodes() {
     expect_once(&mut second, &id).await;
     stop(nodes).await;
 }
+
+/// A token used on one node is refused with 401 on every other node, and
+/// a fresh token still connects anywhere.
+#[tokio::test]
+async fn token_used_on_one_node_is_refused_on_another() {
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(2).await;
+    let user = unique("user");
+    let on = |node: &TestNode, url: &str| {
+        let path = url
+            .split_once("/socket/")
+            .map(|(_, token)| token)
+            .unwrap_or_default();
+        format!("ws://{}/socket/{path}", node.addr())
+    };
+
+    let url = nodes[0].token_url(&user, "H5", "").await;
+    let _first = Client::try_connect(&on(&nodes[0], &url), None)
+        .await
+        .expect("first use");
+    assert_eq!(
+        Client::try_connect(&on(&nodes[1], &url), None).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        Client::try_connect(&on(&nodes[0], &url), None).await.err(),
+        Some(401)
+    );
+
+    let fresh = nodes[0].token_url(&user, "H5", "").await;
+    let _second = Client::try_connect(&on(&nodes[1], &fresh), None)
+        .await
+        .expect("fresh token");
+    stop(nodes).await;
+}

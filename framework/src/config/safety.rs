@@ -24,6 +24,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 .to_owned(),
         });
     }
+    // Used-token records in RabbitMQ live a fixed time; a token must not
+    // outlive the record that says it was used.
+    let record = crate::broker::amqp::tokens::RECORD_LIFETIME.as_secs();
+    if config.auth.token_ttl_secs > record {
+        return Err(ConfigError::Invalid {
+            key: "auth.token_ttl_secs",
+            reason: format!("may be at most {record} when broker.url is set"),
+        });
+    }
     if authenticator.is_open() && !config.auth.allow_open {
         let key = if config.auth.authenticator == "api_key" {
             "auth.api_keys"

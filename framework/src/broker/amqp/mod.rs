@@ -39,6 +39,7 @@
 
 mod events;
 mod presence;
+pub mod tokens;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -384,6 +385,11 @@ impl Broker for AmqpBroker {
                 .wait_routed(&inner.connector, unique_id, timeout)
                 .await;
         }
+    }
+
+    async fn claim_token(&self, token_id: &str, _expires_at: u64) -> Result<bool, BrokerError> {
+        let inner = self.running()?;
+        tokens::claim(&inner.connector, token_id, self.publish_timeout).await
     }
 
     fn is_ready(&self) -> bool {
