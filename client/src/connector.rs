@@ -246,6 +246,13 @@ impl Connector {
         }
     }
 
+    /// Tells the supervisor to stop, without waiting: it drops its
+    /// connection, which closes once nothing else holds a channel of it.
+    /// For `Drop` implementations; prefer [`Connector::close`].
+    pub fn request_close(&self) {
+        self.shared.closed.send_replace(true);
+    }
+
     /// Stops reconnecting and closes the connection. Unacknowledged
     /// deliveries go back to their queues.
     pub async fn close(&self) {
@@ -359,7 +366,7 @@ type Events = Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>;
 
 /// One attempt: connect, subscribe to the connection's events, run the
 /// setup hook.
-async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), ClientError> {
+async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(shared.settings.name.clone().into());
     let connection = Connection::connect(&shared.url, properties).await?;
@@ -374,7 +381,7 @@ async fn connect(shared: &Shared, generation: u64) -> Result<(Link, Events), Cli
         && let Err(error) = setup(link.clone()).await
     {
         let _ = link.connection.close(200, "setup failed".into()).await;
-        return Err(error.into());
+        return Err(error);
     }
     Ok((link, events))
 }

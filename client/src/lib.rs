@@ -413,6 +413,15 @@ impl SwitchboardClient {
     }
 }
 
+impl Drop for SwitchboardClient {
+    fn drop(&mut self) {
+        // Without this the supervisor would keep a connection open for a
+        // client nobody holds.
+        self.closed.send_replace(true);
+        self.connector.request_close();
+    }
+}
+
 fn event(business_type: &str, send_type: SendType, content: Value) -> Envelope {
     let mut envelope = Envelope::new(MessageType::ServerToClient);
     envelope.business_type = Some(business_type.to_owned());

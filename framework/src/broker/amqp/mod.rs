@@ -141,6 +141,18 @@ impl AmqpBroker {
     }
 }
 
+impl Drop for AmqpBroker {
+    fn drop(&mut self) {
+        // Dropped without `shutdown` (a drain cut short): stop the tasks
+        // and the supervisor so no connection outlives the broker.
+        if let Some(inner) = self.inner.get() {
+            inner.stop.cancel();
+            inner.release.cancel();
+            inner.connector.request_close();
+        }
+    }
+}
+
 /// The setup hook: the shared topology, the delivery exchange, this node's
 /// queue and its `all` binding.
 fn setup_hook(queue: String) -> SetupHook {

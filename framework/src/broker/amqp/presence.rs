@@ -144,8 +144,11 @@ pub(super) async fn reconcile(inner: Arc<Inner>) {
 
         // A new connection has a new, bare queue: bind everyone again.
         let Some(link) = inner.connector.current() else {
+            // Disconnected: nothing can be bound; wait for the next link
+            // (or a pause) rather than spin over the pending users.
             channel = None;
             presence.clear_routed();
+            failed = true;
             continue;
         };
         if link.generation() != generation {
