@@ -210,6 +210,7 @@ async fn make_broker(config: &Config, node_id: &str) -> Result<Arc<dyn Broker>, 
         None => Ok(Arc::new(EmbeddedBroker::new(
             config.broker.max_retries,
             timeout,
+            &config.reliable,
         ))),
         Some(_) => Ok(Arc::new(AmqpBroker::new(config, node_id)?)),
     }

@@ -204,3 +204,50 @@ pub async fn take_dead_letters(ids: &[String], within: Duration) -> HashMap<Stri
     let _ = connection.close(200, "scan done".into()).await;
     found
 }
+
+/// Messages in `unique_id`'s inbox queue, ready and unacknowledged, as
+/// `rabbitmqctl` reports them; `None` when the queue does not exist or
+/// `rabbitmqctl` cannot run.
+pub async fn inbox_messages(unique_id: &str) -> Option<u64> {
+    let queue = amqp::inbox_queue(unique_id);
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "name", "messages"])
+            .output()
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some(queue.as_str()))
+            .then(|| fields.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Waits, at most `within`, until `unique_id`'s inbox holds `count`
+/// messages; panics with what it saw otherwise.
+pub async fn wait_inbox_messages(unique_id: &str, count: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = inbox_messages(unique_id).await;
+        if seen == Some(count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbox of {unique_id} holds {seen:?} messages, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`amqp_config`] with a short reliable TTL, so test inboxes expire soon
+/// after a run (twice the TTL after their last use).
+pub fn reliable_amqp_config() -> Config {
+    let mut config = amqp_config();
+    config.reliable.ttl_secs = 300;
+    config
+}

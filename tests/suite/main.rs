@@ -11,4 +11,5 @@ mod http;
 mod lifecycle;
 mod protocol;
 mod registry;
+mod reliable;
 mod smoke;

@@ -31,6 +31,10 @@
 //! bindings match, so each node, and through its hub each session, sees a
 //! delivery once.
 //!
+//! `UNICAST` pushes of reliable business types do not take this path
+//! directly: they are kept in per-user inbox queues and sent on from there
+//! ([`inbox`]).
+//!
 //! Deliveries are published *transient*: they are only useful to the
 //! sessions connected while they travel, and the node queue does not
 //! survive its node anyway. The event they came from stays unacknowledged
@@ -38,6 +42,7 @@
 //! a crash before that point redelivers the event rather than losing it.
 
 mod events;
+mod inbox;
 mod presence;
 
 use std::sync::{Arc, OnceLock};
@@ -55,13 +60,13 @@ use switchboard_client::{
 };
 use switchboard_protocol::amqp::{
     CONTENT_TYPE_JSON, DELIVER_ALL_KEY, DELIVER_EXCHANGE, INBOUND_EXCHANGE, INBOUND_QUEUE,
-    OUTBOUND_EXCHANGE, TRANSIENT, node_queue, user_routing_key,
+    INBOX_EXCHANGE, OUTBOUND_EXCHANGE, TRANSIENT, node_queue, user_routing_key,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError, Delivery, NodeSink};
-use crate::config::Config;
+use crate::config::{Config, ReliableConfig};
 use crate::envelope::{Envelope, SendType};
 use presence::Presence;
 
@@ -81,6 +86,7 @@ struct Inner {
     publisher: Publisher,
     node: Arc<dyn NodeSink>,
     presence: Presence,
+    inbox: inbox::Inboxes,
     /// Cancelled at shutdown: consumers stop taking deliveries.
     stop: CancellationToken,
     /// Cancelled once in-flight events are done: consumer channels close.
@@ -98,6 +104,7 @@ pub struct AmqpBroker {
     max_in_flight: usize,
     publish_timeout: Duration,
     grace: Duration,
+    reliable: ReliableConfig,
     inner: OnceLock<Arc<Inner>>,
     tasks: TaskTracker,
 }
@@ -123,6 +130,7 @@ impl AmqpBroker {
             max_in_flight: broker.max_in_flight,
             publish_timeout: Duration::from_secs(broker.publish_timeout_secs),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            reliable: config.reliable.clone(),
             inner: OnceLock::new(),
             tasks: TaskTracker::new(),
         })
@@ -169,6 +177,14 @@ fn setup_hook(queue: String) -> SetupHook {
             channel
                 .exchange_declare(
                     DELIVER_EXCHANGE.into(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .exchange_declare(
+                    INBOX_EXCHANGE.into(),
                     ExchangeKind::Direct,
                     durable,
                     FieldTable::default(),
@@ -261,6 +277,7 @@ impl Broker for AmqpBroker {
             publisher,
             node,
             presence: Presence::default(),
+            inbox: inbox::Inboxes::new(&self.reliable, self.publish_timeout),
             stop: CancellationToken::new(),
             release: CancellationToken::new(),
             handlers: TaskTracker::new(),
@@ -371,6 +388,17 @@ impl Broker for AmqpBroker {
         Ok(())
     }
 
+    async fn deliver_reliable(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        let inner = self.running()?;
+        inner.inbox.keep(inner, &delivery).await
+    }
+
+    async fn receipt(&self, unique_id: &str, message_id: &str) {
+        if let Some(inner) = self.inner.get() {
+            inner.inbox.receipt(inner, unique_id, message_id).await;
+        }
+    }
+
     fn user_presence_changed(&self, unique_id: &str) {
         if let Some(inner) = self.inner.get() {
             inner.presence.mark(unique_id);
@@ -413,6 +441,10 @@ impl Broker for AmqpBroker {
             );
         }
         inner.release.cancel();
+
+        // Inbox consumers close their channels: unacknowledged pushes go
+        // back to their inboxes for the user's next node.
+        inner.inbox.shutdown(Duration::from_secs(2)).await;
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
         inner.connector.close().await;
