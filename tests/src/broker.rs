@@ -209,10 +209,23 @@ pub async fn take_dead_letters(ids: &[String], within: Duration) -> HashMap<Stri
 /// `rabbitmqctl` reports them; `None` when the queue does not exist or
 /// `rabbitmqctl` cannot run.
 pub async fn inbox_messages(unique_id: &str) -> Option<u64> {
+    inbox_counts(unique_id)
+        .await
+        .map(|(ready, unacked)| ready + unacked)
+}
+
+/// Messages in `unique_id`'s inbox queue: (ready, unacknowledged).
+pub async fn inbox_counts(unique_id: &str) -> Option<(u64, u64)> {
     let queue = amqp::inbox_queue(unique_id);
     let output = tokio::task::spawn_blocking(|| {
         std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_queues", "name", "messages"])
+            .args([
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
             .output()
     })
     .await
@@ -220,10 +233,13 @@ pub async fn inbox_messages(unique_id: &str) -> Option<u64> {
     .ok()?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        (fields.next() == Some(queue.as_str()))
-            .then(|| fields.next()?.parse().ok())
-            .flatten()
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [name, ready, unacked] if name == queue => {
+                Some((ready.parse().ok()?, unacked.parse().ok()?))
+            }
+            _ => None,
+        }
     })
 }
 
