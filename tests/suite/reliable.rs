@@ -220,3 +220,102 @@ async fn recv_and_ack_id(client: &mut Client) -> String {
     ack(client, &id).await;
     id
 }
+
+/// A client that never reads holds at most `reliable.max_in_flight_per_user`
+/// pushes on its node (the rest wait in RabbitMQ), is cut as a slow client
+/// (4001, or no close frame when its socket is full) once the window's bytes
+/// back up, loses nothing, and another user is served meanwhile.
+#[tokio::test]
+async fn amqp_client_that_never_reads_is_bounded_by_the_window_and_cut() {
+    const WINDOW: u16 = 32;
+    const PUSHES: usize = 48;
+    if !broker_available().await {
+        return;
+    }
+    let mut config = reliable_amqp_config();
+    config.reliable.max_in_flight_per_user = WINDOW;
+    config.ws.max_message_bytes = 2 * 1024 * 1024;
+    let node = TestNode::start_with(config).await;
+    let slow_user = unique("slow");
+    let other_user = unique("payer");
+    let mut slow = node.connect(&slow_user, "H5").await;
+    let mut other = node.connect(&other_user, "H5").await;
+
+    // About 1 MiB a push: the window's bytes are more than the sockets
+    // buffer, so the session's writes stall.
+    let pad = "x".repeat(1024 * 1024);
+    for n in 0..PUSHES {
+        let mut event = payment(&slow_user, n);
+        event["content"]["pad"] = json!(pad);
+        node.publish_ok(&event).await;
+    }
+    let (ready, unacked) = switchboard_tests::broker::inbox_counts(&slow_user)
+        .await
+        .expect("the inbox exists");
+    assert_eq!(ready + unacked, PUSHES as u64);
+    assert!(unacked <= u64::from(WINDOW), "{unacked} pushes out at once");
+
+    // Another user is served while the slow one stalls.
+    let id = node.publish_ok(&payment(&other_user, 1)).await;
+    recv_and_ack(&mut other, &id).await;
+
+    // The slow session is cut; every push goes back to its inbox.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while node.handle().node().hub().has_user(&slow_user) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow client was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_inbox_messages(&slow_user, PUSHES as u64, Duration::from_secs(10)).await;
+    let code = slow.closed_with().await;
+    assert!(matches!(code, Some(4001) | None), "closed with {code:?}");
+    other.assert_alive().await;
+}
+
+/// Asserts that publishing `event` is refused with 503 and says "inbox full".
+async fn assert_inbox_full(node: &TestNode, event: &Value) {
+    let (status, body) = node.publish(event).await;
+    assert_eq!(status, 503, "{body}");
+    let description = body["description"].as_str().unwrap_or("");
+    assert!(description.contains("inbox full"), "{body}");
+}
+
+/// RabbitMQ: a push beyond `reliable.max_pending_per_user` is refused
+/// (`reject-publish`), the older pushes stay and are delivered.
+#[tokio::test]
+async fn amqp_push_to_a_full_inbox_is_refused_and_older_ones_kept() {
+    if !broker_available().await {
+        return;
+    }
+    let mut config = reliable_amqp_config();
+    config.reliable.max_pending_per_user = 2;
+    let node = TestNode::start_with(config).await;
+    let user = unique("payer");
+    let first = node.publish_ok(&payment(&user, 1)).await;
+    let second = node.publish_ok(&payment(&user, 2)).await;
+    assert_inbox_full(&node, &payment(&user, 3)).await;
+
+    let mut client = node.connect(&user, "H5").await;
+    recv_and_ack(&mut client, &first).await;
+    recv_and_ack(&mut client, &second).await;
+    node.assert_nothing_delivered(&mut client).await;
+}
+
+/// Embedded broker: the same overflow policy.
+#[tokio::test]
+async fn embedded_push_to_a_full_inbox_is_refused_and_older_ones_kept() {
+    let mut config = test_config();
+    config.reliable.max_pending_per_user = 2;
+    let node = TestNode::start_with(config).await;
+    let user = new_id("payer");
+    let first = node.publish_ok(&payment(&user, 1)).await;
+    let second = node.publish_ok(&payment(&user, 2)).await;
+    assert_inbox_full(&node, &payment(&user, 3)).await;
+
+    let mut client = node.connect(&user, "H5").await;
+    recv_and_ack(&mut client, &first).await;
+    recv_and_ack(&mut client, &second).await;
+    node.assert_nothing_delivered(&mut client).await;
+}
