@@ -267,3 +267,16 @@ pub fn reliable_amqp_config() -> Config {
     config.reliable.ttl_secs = 300;
     config
 }
+
+/// Deletes `unique_id`'s inbox queue, for tests that leave large pushes
+/// behind.
+pub async fn delete_inbox(unique_id: &str) {
+    let (connection, channel) = raw_channel().await;
+    let _ = channel
+        .queue_delete(
+            amqp::inbox_queue(unique_id).as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -272,6 +272,9 @@ async fn amqp_client_that_never_reads_is_bounded_by_the_window_and_cut() {
     let code = slow.closed_with().await;
     assert!(matches!(code, Some(4001) | None), "closed with {code:?}");
     other.assert_alive().await;
+
+    // About 48 MiB of pushes would otherwise wait for their TTL.
+    switchboard_tests::broker::delete_inbox(&slow_user).await;
 }
 
 /// Asserts that publishing `event` is refused with 503 and says "inbox full".
