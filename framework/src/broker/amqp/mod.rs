@@ -10,7 +10,8 @@
 //! - `switchboard.inbound`, a durable topic exchange, and the durable queue
 //!   of the same name bound with `#`. Every node consumes the queue
 //!   (competing consumers) with manual acks and a prefetch of
-//!   `broker.prefetch`; see [`events`] for what happens to each event.
+//!   `broker.prefetch`; each event is acked only after what replaces it
+//!   (deliveries, a dead letter, a retry) is confirmed.
 //! - `switchboard.dead`, a durable fanout exchange and queue: events that can
 //!   never succeed, with the reason in headers.
 //! - `switchboard.outbound`, a durable topic exchange for
@@ -19,7 +20,7 @@
 //!   queue `switchboard.node.<node_id>`: exclusive to the node's connection,
 //!   so it vanishes with the node (and a second process with the same node
 //!   id is refused). It is bound with `all`, and with `user.<uniqueId>` for
-//!   each user that has a session here ([`presence`]).
+//!   each user that has a session here, kept by a reconciling task.
 //!
 //! # Deliveries
 //!
