@@ -87,6 +87,7 @@ fi
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
     SWITCHBOARD_SERVER__BIND=127.0.0.1:18087 SWITCHBOARD_LOG__FILTER=warn \
         SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef \
+        SWITCHBOARD_AUTH__ALLOW_OPEN=true \
         SWITCHBOARD_BROKER__URL=amqp://guest:guest@127.0.0.1:5672/%2f "$bin/switchboard" &
     pids+=($!); wait_port 18087
     url=http://127.0.0.1:18087

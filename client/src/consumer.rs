@@ -1,7 +1,7 @@
 //! Consumers that survive reconnects, with manual acknowledgements.
 //!
 //! [`run_consumer`] is the loop both the gateway and services use: on every
-//! live [`Link`](crate::connector::Link) it opens a channel, sets the
+//! live [`Link`] it opens a channel, sets the
 //! prefetch (how many deliveries may be unacknowledged at once; lapin's
 //! consumer stream buffers without limit otherwise), runs a `prepare` step
 //! (declare and bind the queue), and consumes. When the connection or the

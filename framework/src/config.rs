@@ -44,6 +44,43 @@ pub struct Config {
     pub log: LogConfig,
     /// Rate limits and caps per session, user and node.
     pub limits: LimitsConfig,
+    /// Reliable business types: kept pushes, receipts, redelivery.
+    pub reliable: ReliableConfig,
+}
+
+/// Settings of reliable business types (handlers whose `reliable()` is
+/// true); see `docs/delivery-guarantees.md`.
+///
+/// With RabbitMQ these become the arguments of every user's inbox queue.
+/// RabbitMQ refuses to redeclare a queue with other arguments, so changing
+/// them later needs the existing `switchboard.inbox.*` queues deleted (or
+/// drained) first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReliableConfig {
+    /// Seconds a reliable push is kept for its user without a receipt;
+    /// after that it is dropped, delivered or not. Default 86400 (24 h);
+    /// 0 is refused.
+    pub ttl_secs: u64,
+    /// Most pushes kept for one user at once. A push beyond it is refused
+    /// (the newest loses): its event is dead-lettered with reason
+    /// `inbox full`. Default 10000; 0 is refused.
+    pub max_pending_per_user: u32,
+    /// Most pushes sent to one user's sessions and not yet acknowledged;
+    /// further pushes wait in the inbox until a receipt arrives. It bounds
+    /// what a node holds for a client that does not read or acknowledge.
+    /// Default 100; 0 is refused; at most 65535.
+    pub max_in_flight_per_user: u16,
+}
+
+impl Default for ReliableConfig {
+    fn default() -> Self {
+        ReliableConfig {
+            ttl_secs: 86_400,
+            max_pending_per_user: 10_000,
+            max_in_flight_per_user: 100,
+        }
+    }
 }
 
 /// HTTP listener settings.
@@ -368,6 +405,20 @@ impl Config {
         }
         if self.broker.max_in_flight == 0 {
             return invalid("broker.max_in_flight", "must be at least 1");
+        }
+        if self.reliable.ttl_secs == 0 {
+            return invalid("reliable.ttl_secs", "must be at least 1");
+        }
+        // RabbitMQ takes the TTL in milliseconds as a signed 32-bit number
+        // for `x-expires`, which is twice the TTL.
+        if self.reliable.ttl_secs > 1_000_000 {
+            return invalid("reliable.ttl_secs", "must be at most 1000000");
+        }
+        if self.reliable.max_pending_per_user == 0 {
+            return invalid("reliable.max_pending_per_user", "must be at least 1");
+        }
+        if self.reliable.max_in_flight_per_user == 0 {
+            return invalid("reliable.max_in_flight_per_user", "must be at least 1");
         }
         if let Some(secret) = &self.auth.secret
             && secret.len() < 16

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, Delivery, EventError, NodeSink};
+use crate::broker::{Broker, BrokerError, Delivery, EventError, NodeSink};
 use crate::config::Config;
-use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal};
+use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal, SendType};
 use crate::handler::{ClientInfo, Context, HandlerError};
 use crate::hub::Hub;
 use crate::limits::Admission;
@@ -165,14 +165,41 @@ impl Node {
         self.shutdown.is_cancelled()
     }
 
-    /// Stamps, checks and hands a delivery to the broker.
+    /// Stamps, checks and hands a delivery to the broker: a `UNICAST` of a
+    /// reliable business type to the user's inbox, anything else to the
+    /// live path.
     pub(crate) async fn deliver(&self, mut envelope: Envelope) -> Result<(), HandlerError> {
         envelope.stamp();
         envelope.check_addressed()?;
         let message_id = envelope.id().to_owned();
-        self.broker.deliver(Delivery::new(envelope)).await?;
-        tracing::trace!(target: "switchboard::node", message_id, "delivery handed on");
-        Ok(())
+        let reliable = envelope.effective_send_type() == SendType::Unicast
+            && envelope.message_type == Some(MessageType::ServerToClient)
+            && envelope.business_type.is_some()
+            && self.registry.is_reliable(envelope.business());
+        if !reliable {
+            self.broker.deliver(Delivery::new(envelope)).await?;
+            tracing::trace!(target: "switchboard::node", message_id, "delivery handed on");
+            return Ok(());
+        }
+        match self.broker.deliver_reliable(Delivery::new(envelope)).await {
+            Ok(()) => {
+                tracing::trace!(target: "switchboard::node", message_id, "reliable push kept");
+                Ok(())
+            }
+            // A full inbox will not empty by retrying now: refuse, so the
+            // event is dead-lettered with the reason.
+            Err(BrokerError::InboxFull { unique_id }) => {
+                tracing::warn!(
+                    target: "switchboard::node",
+                    message_id, unique_id, "reliable push refused: inbox full"
+                );
+                Err(HandlerError::Refused(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "inbox full: the user has too many unacknowledged pushes",
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Checks a service event and publishes it to the broker; resolves once
@@ -191,6 +218,26 @@ impl Node {
         }
         self.check_service_event(&mut event)?;
         event.stamp();
+
+        // A reliable push is handled here and now rather than queued as an
+        // event: its handler runs and the push is kept in the user's inbox
+        // before the producer's answer, so pushes a producer sends one after
+        // another reach the inbox, and the user, in that order. Events in
+        // the shared inbound queue are processed by competing nodes in
+        // parallel and keep no order.
+        if self.registry.is_reliable(event.business())
+            && event.effective_send_type() == SendType::Unicast
+        {
+            let id = event.id().to_owned();
+            return match self.process_event(event).await {
+                Ok(()) => Ok(id),
+                Err(EventError::Reject(refusal)) => Err(refusal),
+                Err(EventError::Retry(_)) => Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the broker cannot take events now",
+                )),
+            };
+        }
         match self.broker.publish_event(&event).await {
             Ok(()) => Ok(event.id().to_owned()),
             Err(err) => {
@@ -251,10 +298,15 @@ impl Node {
                 beat.stamp();
                 vec![beat]
             }
-            // A client's receipt of a delivery. Live deliveries need no
-            // bookkeeping; it is accepted silently (an ACK of an ACK would
-            // never end).
-            MessageType::Ack => Vec::new(),
+            // A client's receipt of a delivery. For a reliable push it
+            // settles the push; live deliveries need no bookkeeping. It is
+            // never answered (an ACK of an ACK would never end).
+            MessageType::Ack => {
+                if let Some(message_id) = envelope.correlation_id.as_deref() {
+                    self.broker.receipt(&sender.unique_id, message_id).await;
+                }
+                Vec::new()
+            }
             MessageType::Subscribe => {
                 match self
                     .hub

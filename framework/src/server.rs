@@ -225,7 +225,8 @@ async fn make_broker(
     let timeout = Duration::from_secs(config.broker.publish_timeout_secs);
     match &config.broker.url {
         None => Ok(Arc::new(
-            EmbeddedBroker::new(config.broker.max_retries, timeout).with_metrics(metrics),
+            EmbeddedBroker::new(config.broker.max_retries, timeout, &config.reliable)
+                .with_metrics(metrics),
         )),
         Some(_) => Ok(Arc::new(AmqpBroker::new(config, node_id)?)),
     }

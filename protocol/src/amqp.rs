@@ -13,6 +13,8 @@
 //! | [`DEAD_EXCHANGE`] / [`DEAD_QUEUE`] | durable fanout exchange and queue | events that can never succeed, with [`HEADER_REASON`] |
 //! | [`DELIVER_EXCHANGE`] | durable direct exchange | deliveries between gateway nodes |
 //! | [`node_queue`] | one exclusive queue per node | bound with [`DELIVER_ALL_KEY`] and [`user_routing_key`] per local user |
+//! | [`INBOX_EXCHANGE`] | durable direct exchange | reliable pushes, routing key = `uniqueId` |
+//! | [`inbox_queue`] | one durable queue per user with reliable pushes | kept pushes of one user until acknowledged |
 
 /// Durable topic exchange that services publish events to; routing key =
 /// the envelope's `businessType`.
@@ -79,6 +81,19 @@ pub const PERSISTENT: u8 = 2;
 /// `delivery_mode` of a message kept in memory only.
 pub const TRANSIENT: u8 = 1;
 
+/// Durable direct exchange that carries reliable pushes to the users'
+/// inboxes; routing key = the user's `uniqueId`.
+pub const INBOX_EXCHANGE: &str = "switchboard.inbox";
+
+/// Prefix of each user's inbox queue; see [`inbox_queue`].
+pub const INBOX_QUEUE_PREFIX: &str = "switchboard.inbox.";
+
+/// The name of user `unique_id`'s inbox queue: `switchboard.inbox.<uniqueId>`,
+/// bound to [`INBOX_EXCHANGE`] with the `uniqueId` as key.
+pub fn inbox_queue(unique_id: &str) -> String {
+    format!("{INBOX_QUEUE_PREFIX}{unique_id}")
+}
+
 /// The name of node `node_id`'s delivery queue: `switchboard.node.<node_id>`.
 pub fn node_queue(node_id: &str) -> String {
     format!("{NODE_QUEUE_PREFIX}{node_id}")
@@ -104,5 +119,6 @@ mod tests {
         assert!(node_queue(&"n".repeat(64)).len() <= 255);
         assert_eq!(user_routing_key("u-1"), "user.u-1");
         assert_eq!(node_queue("a"), "switchboard.node.a");
+        assert!(inbox_queue(&longest).len() <= 255);
     }
 }

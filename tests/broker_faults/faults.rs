@@ -22,7 +22,7 @@ use crate::SERIAL;
 const RECOVERY: Duration = Duration::from_secs(60);
 
 /// Runs `rabbitmqctl` with `args`; `Err` with its output when it fails.
-async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+pub(crate) async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     let args: Vec<String> = ["-q", "--timeout", "90"]
         .iter()
         .chain(args)
@@ -42,7 +42,7 @@ async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
 
 /// Whether these tests can control the broker; like
 /// [`broker_available`], fails instead of skipping under CI.
-async fn controllable() -> bool {
+pub(crate) async fn controllable() -> bool {
     if !broker_available().await {
         return false;
     }
@@ -62,8 +62,8 @@ async fn controllable() -> bool {
 
 /// Starts the broker application again if a test stopped it and failed
 /// before restarting it, so later tests (and runs) find it up.
-struct RestartOnDrop {
-    stopped: bool,
+pub(crate) struct RestartOnDrop {
+    pub(crate) stopped: bool,
 }
 
 impl Drop for RestartOnDrop {
@@ -77,12 +77,12 @@ impl Drop for RestartOnDrop {
 }
 
 impl RestartOnDrop {
-    async fn stop_app(&mut self) {
+    pub(crate) async fn stop_app(&mut self) {
         self.stopped = true;
         rabbitmqctl(&["stop_app"]).await.expect("stop_app");
     }
 
-    async fn start_app(&mut self) {
+    pub(crate) async fn start_app(&mut self) {
         rabbitmqctl(&["start_app"]).await.expect("start_app");
         self.stopped = false;
         // start_app returns once the application runs; wait for the listener.
@@ -102,7 +102,7 @@ impl RestartOnDrop {
 }
 
 /// Polls `/readyz` until it answers `status`; panics after [`RECOVERY`].
-async fn wait_readyz(node: &TestNode, status: u16) {
+pub(crate) async fn wait_readyz(node: &TestNode, status: u16) {
     let deadline = Instant::now() + RECOVERY;
     loop {
         if node.get("/readyz").await.0 == status {

@@ -6,6 +6,7 @@
 
 mod faults;
 mod handlers;
+mod reliable;
 
 /// Held by every test of this binary for its whole run.
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -206,3 +206,79 @@ pub async fn take_dead_letters(ids: &[String], within: Duration) -> HashMap<Stri
     let _ = connection.close(200, "scan done".into()).await;
     found
 }
+
+/// Messages in `unique_id`'s inbox queue, ready and unacknowledged, as
+/// `rabbitmqctl` reports them; `None` when the queue does not exist or
+/// `rabbitmqctl` cannot run.
+pub async fn inbox_messages(unique_id: &str) -> Option<u64> {
+    inbox_counts(unique_id)
+        .await
+        .map(|(ready, unacked)| ready + unacked)
+}
+
+/// Messages in `unique_id`'s inbox queue: (ready, unacknowledged).
+pub async fn inbox_counts(unique_id: &str) -> Option<(u64, u64)> {
+    let queue = amqp::inbox_queue(unique_id);
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [name, ready, unacked] if name == queue => {
+                Some((ready.parse().ok()?, unacked.parse().ok()?))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Waits, at most `within`, until `unique_id`'s inbox holds `count`
+/// messages; panics with what it saw otherwise.
+pub async fn wait_inbox_messages(unique_id: &str, count: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = inbox_messages(unique_id).await;
+        if seen == Some(count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbox of {unique_id} holds {seen:?} messages, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`amqp_config`] with a short reliable TTL, so test inboxes expire soon
+/// after a run (twice the TTL after their last use).
+pub fn reliable_amqp_config() -> Config {
+    let mut config = amqp_config();
+    config.reliable.ttl_secs = 300;
+    config
+}
+
+/// Deletes `unique_id`'s inbox queue, for tests that leave large pushes
+/// behind.
+pub async fn delete_inbox(unique_id: &str) {
+    let (connection, channel) = raw_channel().await;
+    let _ = channel
+        .queue_delete(
+            amqp::inbox_queue(unique_id).as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}

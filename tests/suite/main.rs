@@ -13,5 +13,6 @@ mod log_secrets;
 mod operations;
 mod protocol;
 mod registry;
+mod reliable;
 mod security;
 mod smoke;

@@ -5,9 +5,12 @@
 //! time, in order, with the same retry and dead-letter rules; deliveries go
 //! straight to the local sessions; client messages forwarded to services are
 //! broadcast to in-process subscribers ([`EmbeddedBroker::subscribe_outbound`]).
+//! Reliable pushes wait in per-user inboxes in memory with the same TTL, cap,
+//! in-flight window and redelivery rules as the RabbitMQ inboxes (see
+//! `memory_inbox`).
 //!
-//! Nothing survives the process: events still queued when it is killed are
-//! lost, and dead letters are only kept (the newest [`DEAD_LETTERS_KEPT`]) for
+//! Nothing survives the process: events still queued and reliable pushes not
+//! yet acknowledged when it ends are lost, and dead letters are only kept (the newest [`DEAD_LETTERS_KEPT`]) for
 //! inspection. Use RabbitMQ where that matters.
 
 use std::collections::VecDeque;
@@ -19,9 +22,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::memory_inbox::MemoryInboxes;
 use super::{Broker, BrokerError, Delivery, EventError, NodeSink};
+use crate::config::ReliableConfig;
 use crate::envelope::Envelope;
 use crate::metrics::BrokerMetrics;
+
+/// How often expired reliable pushes of offline users are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Events that may wait for processing before publishes start to wait.
 const EVENT_QUEUE_LEN: usize = 4096;
@@ -45,6 +53,7 @@ pub struct EmbeddedBroker {
     events_rx: Mutex<Option<mpsc::Receiver<Envelope>>>,
     outbound: broadcast::Sender<Arc<Envelope>>,
     dead: Arc<Mutex<VecDeque<DeadLetter>>>,
+    inboxes: Arc<MemoryInboxes>,
     max_retries: u32,
     publish_timeout: Duration,
     stop: CancellationToken,
@@ -53,9 +62,10 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// A broker that retries a failing event `max_retries` times and lets a
-    /// publish wait at most `publish_timeout` for room in the queue.
-    pub fn new(max_retries: u32, publish_timeout: Duration) -> Self {
+    /// A broker that retries a failing event `max_retries` times, lets a
+    /// publish wait at most `publish_timeout` for room in the queue, and
+    /// keeps reliable pushes as `reliable` says.
+    pub fn new(max_retries: u32, publish_timeout: Duration, reliable: &ReliableConfig) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
         let (outbound, _) = broadcast::channel(1024);
         EmbeddedBroker {
@@ -64,6 +74,11 @@ impl EmbeddedBroker {
             events_rx: Mutex::new(Some(events_rx)),
             outbound,
             dead: Arc::new(Mutex::new(VecDeque::new())),
+            inboxes: Arc::new(MemoryInboxes::new(
+                Duration::from_secs(reliable.ttl_secs),
+                usize::try_from(reliable.max_pending_per_user).unwrap_or(usize::MAX),
+                usize::from(reliable.max_in_flight_per_user),
+            )),
             max_retries,
             publish_timeout,
             stop: CancellationToken::new(),
@@ -91,6 +106,12 @@ impl EmbeddedBroker {
     /// oldest (see `tokio::sync::broadcast`).
     pub fn subscribe_outbound(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.outbound.subscribe()
+    }
+
+    /// How many reliable pushes are kept for `unique_id` (sent and not
+    /// acknowledged, or waiting).
+    pub fn pending_pushes(&self, unique_id: &str) -> usize {
+        self.inboxes.pending(unique_id)
     }
 
     /// The newest dead letters, oldest first.
@@ -179,6 +200,18 @@ impl Broker for EmbeddedBroker {
             stop,
             self.metrics.clone(),
         ));
+
+        let inboxes = self.inboxes.clone();
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => inboxes.sweep(),
+                }
+            }
+        });
         Ok(())
     }
 
@@ -214,8 +247,26 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    fn user_presence_changed(&self, _unique_id: &str) {
-        // One node: nothing to route.
+    async fn deliver_reliable(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        let node = self
+            .node
+            .get()
+            .ok_or(BrokerError::Unavailable("not started".into()))?;
+        self.inboxes.push(node.as_ref(), delivery)
+    }
+
+    async fn receipt(&self, unique_id: &str, message_id: &str) {
+        if let Some(node) = self.node.get() {
+            self.inboxes.receipt(node.as_ref(), unique_id, message_id);
+        }
+    }
+
+    fn user_presence_changed(&self, unique_id: &str) {
+        // One node: nothing to route, but the user's inbox may start or
+        // stop flowing.
+        if let Some(node) = self.node.get() {
+            self.inboxes.presence_changed(node.as_ref(), unique_id);
+        }
     }
 
     fn is_ready(&self) -> bool {

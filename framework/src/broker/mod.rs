@@ -28,9 +28,16 @@
 //!   [`EventError::Reject`] dead-letters it at once.
 //! - A delivery reaches each node's `deliver_local` at most once; a node that
 //!   holds none of the addressed sessions may be skipped.
+//! - A reliable push ([`Broker::deliver_reliable`]) is kept for its user
+//!   until a session of the user sends a receipt for it ([`Broker::receipt`])
+//!   or its TTL ends; it goes to the user's sessions at most
+//!   `reliable.max_in_flight_per_user` at a time, in order, and is offered
+//!   again (same `messageId`) when the sessions it went to are all gone
+//!   before the receipt. See `docs/delivery-guarantees.md`.
 
 pub mod amqp;
 pub mod embedded;
+mod memory_inbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +91,13 @@ pub enum BrokerError {
     /// The node is shutting down and takes no new messages.
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// The user's inbox holds `reliable.max_pending_per_user` pushes already;
+    /// the newest push is refused.
+    #[error("inbox of {unique_id} is full")]
+    InboxFull {
+        /// The user.
+        unique_id: String,
+    },
     /// Connecting or declaring the topology failed at start.
     #[error("broker setup failed: {0}")]
     Setup(String),
@@ -166,6 +180,22 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// A [`BrokerError`] when it could not be handed on.
     async fn deliver(&self, delivery: Delivery) -> Result<(), BrokerError>;
+
+    /// Keeps a reliable push (a `UNICAST` of a reliable business type) for
+    /// its user and sends it to the user's sessions, on any node, now or
+    /// when one connects. Resolves once the push is safely kept.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InboxFull`] when the user has too many pushes
+    /// pending; another [`BrokerError`] when it could not be kept.
+    async fn deliver_reliable(&self, delivery: Delivery) -> Result<(), BrokerError>;
+
+    /// A session of `unique_id` sent a receipt (`ACK`) for the push
+    /// `message_id`: the push is settled for all of the user's sessions.
+    /// A receipt for something not pending is ignored. Best effort: a
+    /// receipt lost on the way means the push comes again.
+    async fn receipt(&self, unique_id: &str, message_id: &str);
 
     /// Tells the broker that whether this node holds a session of
     /// `unique_id` may have changed; the broker asks

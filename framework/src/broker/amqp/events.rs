@@ -40,7 +40,7 @@ use switchboard_protocol::amqp::{
 
 use super::Inner;
 use crate::broker::{Delivery, EventError};
-use crate::envelope::{Envelope, ErrorCode, Refusal};
+use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal};
 
 /// First pause before a failed event is offered again; doubles per attempt.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -224,6 +224,13 @@ pub(super) async fn deliver_local(inner: Arc<Inner>, delivery: AmqpDelivery) {
     // Only nodes publish here, so a bad body is a bug or a stranger; it is
     // dropped (acked) rather than redelivered forever.
     match std::str::from_utf8(&delivery.data).map(Envelope::parse) {
+        // A receipt forwarded by the node that took it: settle the push if
+        // this node holds it; it is never shown to sessions.
+        Ok(Ok(envelope)) if envelope.message_type == Some(MessageType::Ack) => {
+            if let (Some(user), Some(id)) = (&envelope.to_unique_id, &envelope.correlation_id) {
+                inner.inbox.settle_here(user, id).await;
+            }
+        }
         Ok(Ok(envelope)) => {
             let text = String::from_utf8_lossy(&delivery.data);
             let local = Delivery {

@@ -10,7 +10,8 @@
 //! - `switchboard.inbound`, a durable topic exchange, and the durable queue
 //!   of the same name bound with `#`. Every node consumes the queue
 //!   (competing consumers) with manual acks and a prefetch of
-//!   `broker.prefetch`; see [`events`] for what happens to each event.
+//!   `broker.prefetch`; each event is acked only after what replaces it
+//!   (deliveries, a dead letter, a retry) is confirmed.
 //! - `switchboard.dead`, a durable fanout exchange and queue: events that can
 //!   never succeed, with the reason in headers.
 //! - `switchboard.outbound`, a durable topic exchange for
@@ -19,7 +20,7 @@
 //!   queue `switchboard.node.<node_id>`: exclusive to the node's connection,
 //!   so it vanishes with the node (and a second process with the same node
 //!   id is refused). It is bound with `all`, and with `user.<uniqueId>` for
-//!   each user that has a session here ([`presence`]).
+//!   each user that has a session here, kept by a reconciling task.
 //!
 //! # Deliveries
 //!
@@ -31,6 +32,10 @@
 //! bindings match, so each node, and through its hub each session, sees a
 //! delivery once.
 //!
+//! `UNICAST` pushes of reliable business types do not take this path
+//! directly: they are kept in per-user inbox queues and sent on from there
+//! ([`inbox`]).
+//!
 //! Deliveries are published *transient*: they are only useful to the
 //! sessions connected while they travel, and the node queue does not
 //! survive its node anyway. The event they came from stays unacknowledged
@@ -38,6 +43,7 @@
 //! a crash before that point redelivers the event rather than losing it.
 
 mod events;
+mod inbox;
 mod presence;
 pub mod tokens;
 
@@ -56,13 +62,13 @@ use switchboard_client::{
 };
 use switchboard_protocol::amqp::{
     CONTENT_TYPE_JSON, DELIVER_ALL_KEY, DELIVER_EXCHANGE, INBOUND_EXCHANGE, INBOUND_QUEUE,
-    OUTBOUND_EXCHANGE, TRANSIENT, node_queue, user_routing_key,
+    INBOX_EXCHANGE, OUTBOUND_EXCHANGE, TRANSIENT, node_queue, user_routing_key,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError, Delivery, NodeSink};
-use crate::config::Config;
+use crate::config::{Config, ReliableConfig};
 use crate::envelope::{Envelope, SendType};
 use presence::Presence;
 
@@ -82,6 +88,7 @@ struct Inner {
     publisher: Publisher,
     node: Arc<dyn NodeSink>,
     presence: Presence,
+    inbox: inbox::Inboxes,
     /// Cancelled at shutdown: consumers stop taking deliveries.
     stop: CancellationToken,
     /// Cancelled once in-flight events are done: consumer channels close.
@@ -99,6 +106,7 @@ pub struct AmqpBroker {
     max_in_flight: usize,
     publish_timeout: Duration,
     grace: Duration,
+    reliable: ReliableConfig,
     inner: OnceLock<Arc<Inner>>,
     tasks: TaskTracker,
 }
@@ -124,6 +132,7 @@ impl AmqpBroker {
             max_in_flight: broker.max_in_flight,
             publish_timeout: Duration::from_secs(broker.publish_timeout_secs),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            reliable: config.reliable.clone(),
             inner: OnceLock::new(),
             tasks: TaskTracker::new(),
         })
@@ -170,6 +179,14 @@ fn setup_hook(queue: String) -> SetupHook {
             channel
                 .exchange_declare(
                     DELIVER_EXCHANGE.into(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .exchange_declare(
+                    INBOX_EXCHANGE.into(),
                     ExchangeKind::Direct,
                     durable,
                     FieldTable::default(),
@@ -262,6 +279,7 @@ impl Broker for AmqpBroker {
             publisher,
             node,
             presence: Presence::default(),
+            inbox: inbox::Inboxes::new(&self.reliable, self.publish_timeout),
             stop: CancellationToken::new(),
             release: CancellationToken::new(),
             handlers: TaskTracker::new(),
@@ -372,6 +390,17 @@ impl Broker for AmqpBroker {
         Ok(())
     }
 
+    async fn deliver_reliable(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        let inner = self.running()?;
+        inner.inbox.keep(inner, &delivery).await
+    }
+
+    async fn receipt(&self, unique_id: &str, message_id: &str) {
+        if let Some(inner) = self.inner.get() {
+            inner.inbox.receipt(inner, unique_id, message_id).await;
+        }
+    }
+
     fn user_presence_changed(&self, unique_id: &str) {
         if let Some(inner) = self.inner.get() {
             inner.presence.mark(unique_id);
@@ -419,6 +448,10 @@ impl Broker for AmqpBroker {
             );
         }
         inner.release.cancel();
+
+        // Inbox consumers close their channels: unacknowledged pushes go
+        // back to their inboxes for the user's next node.
+        inner.inbox.shutdown(Duration::from_secs(2)).await;
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
         inner.connector.close().await;

@@ -169,10 +169,17 @@ pub(super) async fn reconcile(inner: Arc<Inner>) {
                 }
                 continue;
             }
+            // The user's inbox stops flowing here before the binding goes,
+            // and starts only once the binding is in place, so every push
+            // the inbox sends reaches this node's sessions too.
+            if !want {
+                inner.inbox.stop(user);
+            }
             match bind(&link, &mut channel, &inner.node_queue, user, want).await {
                 Ok(()) => {
                     presence.set_routed(user, want);
                     if want {
+                        inner.inbox.start(&inner, user);
                         known.insert(user.clone());
                     } else {
                         known.remove(user);
