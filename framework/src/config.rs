@@ -287,7 +287,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Filter in `tracing-subscriber` syntax, for example
     /// `info,switchboard::ws=debug`. `RUST_LOG`, where set, wins. Default
-    /// `info`.
+    /// `info,lapin=off`: lapin logs every broker disconnect at ERROR itself,
+    /// and Switchboard's connection supervisor already reports it once, at
+    /// WARN, under `switchboard::amqp`.
     pub filter: String,
 }
 
@@ -295,7 +297,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            filter: String::from("info"),
+            filter: String::from("info,lapin=off"),
         }
     }
 }
