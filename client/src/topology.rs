@@ -43,7 +43,17 @@ pub async fn declare_shared(channel: &Channel) -> Result<(), lapin::Error> {
             none(),
         )
         .await?;
-    declare_durable_queue(channel, INBOUND_QUEUE).await?;
+    // One active consumer at a time: events are taken in publication order,
+    // which is what keeps one producer's pushes to a user in order.
+    let mut single = FieldTable::default();
+    single.insert(short("x-single-active-consumer"), AMQPValue::Boolean(true));
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(INBOUND_QUEUE.into(), options, single)
+        .await?;
     channel
         .queue_bind(
             INBOUND_QUEUE.into(),

@@ -8,7 +8,7 @@
 //! | name | kind | purpose |
 //! | --- | --- | --- |
 //! | [`INBOUND_EXCHANGE`] | durable topic exchange | services publish events, routing key = `businessType` |
-//! | [`INBOUND_QUEUE`] | durable queue, bound with `#` | every gateway node consumes it (competing consumers) |
+//! | [`INBOUND_QUEUE`] | durable queue with a single active consumer, bound with `#` | one gateway node at a time processes events, in order; the others stand by |
 //! | [`OUTBOUND_EXCHANGE`] | durable topic exchange | handlers forward client messages to services, routing key = `businessType` |
 //! | [`DEAD_EXCHANGE`] / [`DEAD_QUEUE`] | durable fanout exchange and queue | events that can never succeed, with [`HEADER_REASON`] |
 //! | [`DELIVER_EXCHANGE`] | durable direct exchange | deliveries between gateway nodes |
@@ -20,9 +20,12 @@
 /// the envelope's `businessType`.
 pub const INBOUND_EXCHANGE: &str = "switchboard.inbound";
 
-/// Durable queue bound to [`INBOUND_EXCHANGE`] with [`INBOUND_BINDING_KEY`];
-/// every gateway node consumes it.
-pub const INBOUND_QUEUE: &str = "switchboard.inbound";
+/// Durable queue bound to [`INBOUND_EXCHANGE`] with [`INBOUND_BINDING_KEY`],
+/// declared with `x-single-active-consumer`: every gateway node subscribes,
+/// RabbitMQ feeds one at a time, so events are taken in publication order
+/// and a standby takes over (with the unacknowledged events, in order) when
+/// the active node goes away.
+pub const INBOUND_QUEUE: &str = "switchboard.inbound.events";
 
 /// The binding key of [`INBOUND_QUEUE`]: every business type.
 pub const INBOUND_BINDING_KEY: &str = "#";

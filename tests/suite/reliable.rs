@@ -114,6 +114,54 @@ async fn amqp_burst_of_500_pushes_arrives_in_order() {
     nodes[1].assert_nothing_delivered(&mut client).await;
 }
 
+/// A service publishing 300 pushes for one user straight to the
+/// `switchboard.inbound` exchange, pipelined with confirms, reaches the user
+/// in publication order, whichever of the nodes processes the events.
+#[tokio::test]
+async fn amqp_pushes_from_one_amqp_producer_arrive_in_publication_order() {
+    use switchboard_protocol::amqp;
+    use switchboard_tests::broker::raw_channel;
+
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(2).await;
+    let user = unique("payer");
+    let mut client = nodes[1].connect(&user, "H5").await;
+
+    let (_connection, channel) = raw_channel().await;
+    let mut confirms = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let id = format!("{user}-{n}");
+        let mut body = payment(&user, n);
+        body["messageId"] = json!(id);
+        let properties = lapin::BasicProperties::default()
+            .with_content_type(amqp::CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(amqp::PERSISTENT)
+            .with_message_id(id.as_str().into());
+        let confirm = channel
+            .basic_publish(
+                amqp::INBOUND_EXCHANGE.into(),
+                "payment_callback".into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish sent");
+        confirms.push(confirm);
+        ids.push(id);
+    }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirmed").is_ack());
+    }
+    for id in &ids {
+        recv_and_ack(&mut client, id).await;
+    }
+    nodes[1].assert_nothing_delivered(&mut client).await;
+}
+
 /// A user with a session on each of two nodes gets the push on both, and
 /// one ACK settles it for both: neither gets it again after reconnecting.
 #[tokio::test]

@@ -44,6 +44,7 @@
 
 mod events;
 mod inbox;
+mod order;
 mod presence;
 pub mod tokens;
 
@@ -89,6 +90,8 @@ struct Inner {
     node: Arc<dyn NodeSink>,
     presence: Presence,
     inbox: inbox::Inboxes,
+    /// Keeps one user's events in arrival order.
+    order: Arc<order::Sequencer>,
     /// Cancelled at shutdown: consumers stop taking deliveries.
     stop: CancellationToken,
     /// Cancelled once in-flight events are done: consumer channels close.
@@ -280,6 +283,7 @@ impl Broker for AmqpBroker {
             node,
             presence: Presence::default(),
             inbox: inbox::Inboxes::new(&self.reliable, self.publish_timeout),
+            order: Arc::default(),
             stop: CancellationToken::new(),
             release: CancellationToken::new(),
             handlers: TaskTracker::new(),
@@ -297,9 +301,15 @@ impl Broker for AmqpBroker {
         };
         let on_event = {
             let inner = inner.clone();
-            move |delivery| {
+            move |delivery: lapin::message::Delivery| {
+                // Taken here, in arrival order, before the event's task runs.
+                let mut turn = inner.order.turn(order::key_of(&delivery.data));
                 let task = events::handle(inner.clone(), delivery);
-                inner.handlers.spawn(task);
+                inner.handlers.spawn(async move {
+                    turn.ready().await;
+                    task.await;
+                    drop(turn);
+                });
                 std::future::ready(())
             }
         };
