@@ -24,6 +24,8 @@
 //! # Deliveries (the node's own queue)
 //!
 //! Each is handed to the local sessions without waiting, then acked.
+//! Presence questions from other nodes arrive on the same queue, marked by
+//! a header, and are answered instead ([`presence_query`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +40,7 @@ use switchboard_protocol::amqp::{
     HEADER_ROUTING_KEY, INBOUND_QUEUE, PERSISTENT,
 };
 
-use super::Inner;
+use super::{Inner, presence_query};
 use crate::broker::{Delivery, EventError};
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal};
 
@@ -221,6 +223,15 @@ fn with_headers(
 /// Hands one delivery from the node's queue to the local sessions, then
 /// acks it.
 pub(super) async fn deliver_local(inner: Arc<Inner>, delivery: AmqpDelivery) {
+    // A presence question from another node is answered, not delivered.
+    if presence_query::is_question(&delivery.properties) {
+        presence_query::answer(&inner, &delivery).await;
+        if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
+            tracing::debug!(target: "switchboard::amqp", "question ack not sent; channel closed");
+        }
+        return;
+    }
+
     // Only nodes publish here, so a bad body is a bug or a stranger; it is
     // dropped (acked) rather than redelivered forever.
     match std::str::from_utf8(&delivery.data).map(Envelope::parse) {

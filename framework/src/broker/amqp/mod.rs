@@ -32,6 +32,13 @@
 //! bindings match, so each node, and through its hub each session, sees a
 //! delivery once.
 //!
+//! # Presence
+//!
+//! `GET /api/presence` on one node asks the nodes that hold the user: a
+//! question published with key `user.<uniqueId>` reaches only their queues,
+//! and they answer through RabbitMQ's direct reply-to within a bounded
+//! window ([`presence_query`]).
+//!
 //! `UNICAST` pushes of reliable business types do not take this path
 //! directly: they are kept in per-user inbox queues and sent on from there
 //! ([`inbox`]).
@@ -45,6 +52,7 @@
 mod events;
 mod inbox;
 mod presence;
+pub mod presence_query;
 pub mod tokens;
 
 use std::sync::{Arc, OnceLock};
@@ -88,6 +96,7 @@ struct Inner {
     publisher: Publisher,
     node: Arc<dyn NodeSink>,
     presence: Presence,
+    answers: presence_query::Answers,
     inbox: inbox::Inboxes,
     /// Cancelled at shutdown: consumers stop taking deliveries.
     stop: CancellationToken,
@@ -279,6 +288,7 @@ impl Broker for AmqpBroker {
             publisher,
             node,
             presence: Presence::default(),
+            answers: presence_query::Answers::default(),
             inbox: inbox::Inboxes::new(&self.reliable, self.publish_timeout),
             stop: CancellationToken::new(),
             release: CancellationToken::new(),
@@ -419,6 +429,19 @@ impl Broker for AmqpBroker {
     async fn claim_token(&self, token_id: &str, _expires_at: u64) -> Result<bool, BrokerError> {
         let inner = self.running()?;
         tokens::claim(&inner.connector, token_id, self.publish_timeout).await
+    }
+
+    /// Asks the nodes that hold `unique_id` for their sessions, waiting at
+    /// most [`presence_query::SETUP_TIMEOUT`] plus
+    /// [`presence_query::ANSWER_WINDOW`]; a user no node holds is answered
+    /// after one round trip. See [`presence_query`].
+    async fn presence(
+        &self,
+        unique_id: &str,
+        local: crate::presence::Presence,
+    ) -> Result<crate::presence::Presence, BrokerError> {
+        let inner = self.running()?;
+        presence_query::ask(inner, unique_id, local).await
     }
 
     fn is_ready(&self) -> bool {

@@ -1,0 +1,96 @@
+//! Presence and broker metrics with several nodes on one RabbitMQ.
+
+use serde_json::{Value, json};
+use switchboard::broker::amqp::presence_query::ANSWER_WINDOW;
+use switchboard_tests::TestNode;
+use switchboard_tests::broker::{amqp_config, broker_available, unique};
+
+async fn cluster(nodes: usize) -> Vec<TestNode> {
+    let mut started = Vec::new();
+    for _ in 0..nodes {
+        started.push(TestNode::start_with(amqp_config()).await);
+    }
+    started
+}
+
+async fn stop(nodes: Vec<TestNode>) {
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// The `data` of `GET /api/presence?uniqueId=<user>` on `node`.
+async fn presence(node: &TestNode, user: &str) -> Value {
+    let (status, body) = node.get(&format!("/api/presence?uniqueId={user}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// Presence asked on any node counts the user's sessions per client type
+/// on every node, the asking node's own once.
+#[tokio::test]
+async fn presence_counts_sessions_per_client_type_on_every_node() {
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(3).await;
+    let user = unique("user");
+    let _web = nodes[0].connect(&user, "H5").await;
+    let _app = nodes[1].connect(&user, "APP").await;
+
+    let both = json!({"H5": 1, "APP": 1});
+    for node in &nodes {
+        let data = presence(node, &user).await;
+        assert_eq!(data["online"], true, "{data}");
+        assert_eq!(data["sessions"], both, "{data}");
+    }
+
+    let _web_again = nodes[0].connect(&user, "H5").await;
+    let data = presence(&nodes[2], &user).await;
+    assert_eq!(data["sessions"], json!({"H5": 2, "APP": 1}), "{data}");
+    let data = presence(&nodes[0], &user).await;
+    assert_eq!(data["sessions"], json!({"H5": 2, "APP": 1}), "{data}");
+    stop(nodes).await;
+}
+
+/// A user connected only to the asking node is counted once.
+#[tokio::test]
+async fn presence_of_a_user_on_the_asking_node_alone_counts_once() {
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(2).await;
+    let user = unique("user");
+    let _web = nodes[0].connect(&user, "H5").await;
+
+    let data = presence(&nodes[0], &user).await;
+    assert_eq!(data["sessions"], json!({"H5": 1}), "{data}");
+    let data = presence(&nodes[1], &user).await;
+    assert_eq!(data["sessions"], json!({"H5": 1}), "{data}");
+    stop(nodes).await;
+}
+
+/// A user online nowhere is reported offline without waiting for answers:
+/// the question comes back unrouted.
+#[tokio::test]
+async fn presence_of_an_offline_user_answers_without_waiting() {
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(2).await;
+    let expected = json!({"uniqueId": "", "online": false, "sessions": {}});
+
+    // The first request opens the HTTP connection; time the later ones.
+    presence(&nodes[0], &unique("nobody")).await;
+    for _ in 0..3 {
+        let user = unique("nobody");
+        let started = tokio::time::Instant::now();
+        let data = presence(&nodes[0], &user).await;
+        let took = started.elapsed();
+        let mut want = expected.clone();
+        want["uniqueId"] = json!(user);
+        assert_eq!(data, want);
+        assert!(took < ANSWER_WINDOW, "offline answer took {took:?}");
+    }
+    stop(nodes).await;
+}
