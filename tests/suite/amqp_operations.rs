@@ -1,9 +1,13 @@
 //! Presence and broker metrics with several nodes on one RabbitMQ.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use switchboard::broker::amqp::presence_query::ANSWER_WINDOW;
-use switchboard_tests::TestNode;
-use switchboard_tests::broker::{amqp_config, broker_available, unique};
+use switchboard_tests::broker::{
+    amqp_config, broker_available, publish_raw, raw_channel, take_dead_letters, unique,
+};
+use switchboard_tests::{DEADLINE, TestNode, metric};
 
 async fn cluster(nodes: usize) -> Vec<TestNode> {
     let mut started = Vec::new();
@@ -93,4 +97,78 @@ async fn presence_of_an_offline_user_answers_without_waiting() {
         assert!(took < ANSWER_WINDOW, "offline answer took {took:?}");
     }
     stop(nodes).await;
+}
+
+const DEAD_LETTERS: &str = "switchboard_broker_dead_letters_total";
+const CONFIRMED: &str = r#"switchboard_broker_publishes_total{outcome="confirmed"}"#;
+
+/// The value of `series` on `node`.
+async fn series(node: &TestNode, series: &str) -> f64 {
+    let response = reqwest::get(format!("{}/metrics", node.base()))
+        .await
+        .expect("metrics reachable");
+    metric(&response.text().await.expect("metrics text"), series)
+}
+
+/// Waits until `series` on `node` exceeds `above`, failing after
+/// [`DEADLINE`].
+async fn wait_above(node: &TestNode, name: &str, above: f64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let now = series(node, name).await;
+        if now > above {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An event dead-lettered through RabbitMQ moves the dead-letter and
+/// confirmed-publish counters of the node that dead-lettered it.
+#[tokio::test]
+async fn dead_lettered_event_moves_the_broker_counters_of_its_node() {
+    if !broker_available().await {
+        return;
+    }
+    let nodes = cluster(2).await;
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|node| node.handle().node().node_id().to_owned())
+        .collect();
+    let (connection, channel) = raw_channel().await;
+
+    // Nodes of other tests consume the same inbound queue: publish until
+    // one of this test's nodes dead-letters an event, as its header says.
+    for _ in 0..20 {
+        let before: Vec<(f64, f64)> = {
+            let mut counts = Vec::new();
+            for node in &nodes {
+                counts.push((
+                    series(node, DEAD_LETTERS).await,
+                    series(node, CONFIRMED).await,
+                ));
+            }
+            counts
+        };
+        let id = unique("msg");
+        let nobody = unique("nobody");
+        let body = json!({"businessType": nobody, "toUniqueId": "x"}).to_string();
+        publish_raw(&channel, &nobody, body.as_bytes(), Some(&id)).await;
+        let letters = take_dead_letters(std::slice::from_ref(&id), DEADLINE).await;
+        let letter = letters.get(&id).expect("the event is dead-lettered");
+        let Some(at) = ids.iter().position(|n| letter.node.as_deref() == Some(n)) else {
+            continue;
+        };
+        let (dead, confirmed) = before[at];
+        wait_above(&nodes[at], DEAD_LETTERS, dead).await;
+        wait_above(&nodes[at], CONFIRMED, confirmed).await;
+        let _ = connection.close(200, "done".into()).await;
+        stop(nodes).await;
+        return;
+    }
+    panic!("no event was dead-lettered by this test's nodes");
 }

@@ -60,11 +60,17 @@ enum Outcome {
 /// Processes one service event and settles it with the broker.
 pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
     let properties = &delivery.properties;
-    let attempts_before = topology::header_u32(properties, HEADER_ATTEMPTS).unwrap_or(0);
+    let attempts_header = topology::header_u32(properties, HEADER_ATTEMPTS);
+    let attempts_before = attempts_header.unwrap_or(0);
     let routing_key = topology::header_str(properties, HEADER_ROUTING_KEY)
         .unwrap_or_else(|| delivery.routing_key.to_string());
     let mut message_id = topology::message_id(properties).map(str::to_owned);
     let mut business_type = String::new();
+    // Seen before: flagged by RabbitMQ after a lost channel, or a retry
+    // this gateway republished.
+    if delivery.redelivered || attempts_header.is_some() {
+        inner.redelivered();
+    }
 
     // Parse and process.
     let outcome = match Envelope::parse_bytes(&delivery.data) {
@@ -101,6 +107,7 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
     let message_id = message_id.unwrap_or_default();
 
     // Settle: replace the message where needed (confirmed), then ack.
+    let dead = matches!(outcome, Outcome::Dead(_));
     let replaced = match outcome {
         Outcome::Done => true,
         Outcome::Dead(refusal) => {
@@ -162,6 +169,9 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
         }
     };
 
+    if replaced && dead {
+        inner.dead_lettered();
+    }
     let settled = if replaced {
         delivery.ack(BasicAckOptions::default()).await
     } else {
@@ -183,7 +193,7 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
 
 /// Publishes the message that replaces an event; whether it was confirmed.
 async fn republish(inner: &Inner, message: &Outgoing<'_>, message_id: &str) -> bool {
-    match inner.publisher.publish(message).await {
+    match inner.publish(message).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(

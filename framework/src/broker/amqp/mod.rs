@@ -78,6 +78,7 @@ use tokio_util::task::TaskTracker;
 use super::{Broker, BrokerError, Delivery, NodeSink};
 use crate::config::{Config, ReliableConfig};
 use crate::envelope::{Envelope, SendType};
+use crate::metrics::BrokerMetrics;
 use presence::Presence;
 
 /// Prefetch of the node's delivery queue: deliveries are handed to local
@@ -94,6 +95,8 @@ struct Inner {
     max_retries: u32,
     connector: Connector,
     publisher: Publisher,
+    /// The node's broker counters; `None` when built without them.
+    metrics: Option<BrokerMetrics>,
     node: Arc<dyn NodeSink>,
     presence: Presence,
     answers: presence_query::Answers,
@@ -116,6 +119,7 @@ pub struct AmqpBroker {
     publish_timeout: Duration,
     grace: Duration,
     reliable: ReliableConfig,
+    metrics: Option<BrokerMetrics>,
     inner: OnceLock<Arc<Inner>>,
     tasks: TaskTracker,
 }
@@ -142,9 +146,17 @@ impl AmqpBroker {
             publish_timeout: Duration::from_secs(broker.publish_timeout_secs),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             reliable: config.reliable.clone(),
+            metrics: None,
             inner: OnceLock::new(),
             tasks: TaskTracker::new(),
         })
+    }
+
+    /// Counts publishes, redeliveries and dead letters into `metrics`; set
+    /// before [`Broker::start`].
+    pub fn with_metrics(mut self, metrics: BrokerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn running(&self) -> Result<&Arc<Inner>, BrokerError> {
@@ -156,7 +168,37 @@ impl AmqpBroker {
     /// Publishes with the shared publisher and translates its errors.
     async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, BrokerError> {
         let inner = self.running()?;
-        inner.publisher.publish(message).await.map_err(broker_error)
+        inner.publish(message).await.map_err(broker_error)
+    }
+}
+
+impl Inner {
+    /// Publishes with the shared publisher and counts the outcome: a
+    /// confirm (returned messages included: the broker acked them) or a
+    /// failure after every retry.
+    async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, ClientError> {
+        let result = self.publisher.publish(message).await;
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(_) => metrics.publish_confirmed(),
+                Err(_) => metrics.publish_failed(),
+            }
+        }
+        result
+    }
+
+    /// A consumed message arrived again (flagged by RabbitMQ, or a retry).
+    fn redelivered(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.redelivered();
+        }
+    }
+
+    /// An event was dead-lettered (the dead letter is confirmed).
+    fn dead_lettered(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.dead_lettered();
+        }
     }
 }
 
@@ -286,6 +328,7 @@ impl Broker for AmqpBroker {
             max_retries: self.max_retries,
             connector: connector.clone(),
             publisher,
+            metrics: self.metrics.clone(),
             node,
             presence: Presence::default(),
             answers: presence_query::Answers::default(),
