@@ -23,11 +23,21 @@ async fn stop(nodes: Vec<TestNode>) {
     }
 }
 
-/// The `data` of `GET /api/presence?uniqueId=<user>` on `node`.
+/// The `data` of `GET /api/presence?uniqueId=<user>` on `node`. A 503
+/// (the broker connection dropped mid-question, as other test binaries'
+/// fault tests force on the shared broker) is asked again until
+/// [`DEADLINE`].
 async fn presence(node: &TestNode, user: &str) -> Value {
-    let (status, body) = node.get(&format!("/api/presence?uniqueId={user}")).await;
-    assert_eq!(status, 200, "{body}");
-    body["data"].clone()
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = node.get(&format!("/api/presence?uniqueId={user}")).await;
+        if status == 503 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "{body}");
+        return body["data"].clone();
+    }
 }
 
 /// Presence asked on any node counts the user's sessions per client type
