@@ -228,6 +228,8 @@ async fn make_broker(
             EmbeddedBroker::new(config.broker.max_retries, timeout, &config.reliable)
                 .with_metrics(metrics),
         )),
-        Some(_) => Ok(Arc::new(AmqpBroker::new(config, node_id)?)),
+        Some(_) => Ok(Arc::new(
+            AmqpBroker::new(config, node_id)?.with_metrics(metrics),
+        )),
     }
 }

@@ -75,6 +75,23 @@ pub const HEADER_ATTEMPTS: &str = "x-switchboard-attempts";
 /// Header of a dead letter: the id of the gateway node that dead-lettered it.
 pub const HEADER_NODE: &str = "x-switchboard-node";
 
+/// Header that marks a message between gateway nodes on [`DELIVER_EXCHANGE`]
+/// that is not an envelope for sessions; its value says what it is
+/// ([`KIND_PRESENCE_QUERY`], [`KIND_PRESENCE_ANSWER`]).
+pub const HEADER_KIND: &str = "x-switchboard-kind";
+
+/// [`HEADER_KIND`] of a presence question: "which sessions of this user do
+/// you hold?", routed with [`user_routing_key`] to the nodes that hold the
+/// user, answered through RabbitMQ's direct reply-to.
+pub const KIND_PRESENCE_QUERY: &str = "presence-query";
+
+/// [`HEADER_KIND`] of the answer to a presence question.
+pub const KIND_PRESENCE_ANSWER: &str = "presence-answer";
+
+/// RabbitMQ's direct reply-to pseudo-queue: consumed without acks by the
+/// asker, set as `reply_to` of a question; no queue is declared for it.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// The `content_type` of every message the gateway publishes and expects.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 

@@ -143,6 +143,8 @@ pub struct DeadLetter {
     pub original_key: Option<String>,
     /// `delivery_mode` 2.
     pub persistent: bool,
+    /// `x-switchboard-node`: the node that dead-lettered it.
+    pub node: Option<String>,
 }
 
 /// Takes the dead letters whose `message_id` is one of `ids` from
@@ -194,6 +196,7 @@ pub async fn take_dead_letters(ids: &[String], within: Duration) -> HashMap<Stri
                         reason_code: topology::header_str(properties, amqp::HEADER_REASON_CODE),
                         original_key: topology::header_str(properties, amqp::HEADER_ROUTING_KEY),
                         persistent: *properties.delivery_mode() == Some(amqp::PERSISTENT),
+                        node: topology::header_str(properties, amqp::HEADER_NODE),
                     },
                 );
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");

@@ -2,6 +2,7 @@
 
 mod amqp_cluster;
 mod amqp_contract;
+mod amqp_operations;
 mod client;
 mod config;
 mod delivery;

@@ -24,6 +24,8 @@
 //! # Deliveries (the node's own queue)
 //!
 //! Each is handed to the local sessions without waiting, then acked.
+//! Presence questions from other nodes arrive on the same queue, marked by
+//! a header, and are answered instead ([`presence_query`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +40,7 @@ use switchboard_protocol::amqp::{
     HEADER_ROUTING_KEY, INBOUND_QUEUE, PERSISTENT,
 };
 
-use super::Inner;
+use super::{Inner, presence_query};
 use crate::broker::{Delivery, EventError};
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal};
 
@@ -58,11 +60,17 @@ enum Outcome {
 /// Processes one service event and settles it with the broker.
 pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
     let properties = &delivery.properties;
-    let attempts_before = topology::header_u32(properties, HEADER_ATTEMPTS).unwrap_or(0);
+    let attempts_header = topology::header_u32(properties, HEADER_ATTEMPTS);
+    let attempts_before = attempts_header.unwrap_or(0);
     let routing_key = topology::header_str(properties, HEADER_ROUTING_KEY)
         .unwrap_or_else(|| delivery.routing_key.to_string());
     let mut message_id = topology::message_id(properties).map(str::to_owned);
     let mut business_type = String::new();
+    // Seen before: flagged by RabbitMQ after a lost channel, or a retry
+    // this gateway republished.
+    if delivery.redelivered || attempts_header.is_some() {
+        inner.redelivered();
+    }
 
     // Parse and process.
     let outcome = match Envelope::parse_bytes(&delivery.data) {
@@ -99,6 +107,7 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
     let message_id = message_id.unwrap_or_default();
 
     // Settle: replace the message where needed (confirmed), then ack.
+    let dead = matches!(outcome, Outcome::Dead(_));
     let replaced = match outcome {
         Outcome::Done => true,
         Outcome::Dead(refusal) => {
@@ -160,6 +169,9 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
         }
     };
 
+    if replaced && dead {
+        inner.dead_lettered();
+    }
     let settled = if replaced {
         delivery.ack(BasicAckOptions::default()).await
     } else {
@@ -181,7 +193,7 @@ pub(super) async fn handle(inner: Arc<Inner>, delivery: AmqpDelivery) {
 
 /// Publishes the message that replaces an event; whether it was confirmed.
 async fn republish(inner: &Inner, message: &Outgoing<'_>, message_id: &str) -> bool {
-    match inner.publisher.publish(message).await {
+    match inner.publish(message).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(
@@ -221,6 +233,15 @@ fn with_headers(
 /// Hands one delivery from the node's queue to the local sessions, then
 /// acks it.
 pub(super) async fn deliver_local(inner: Arc<Inner>, delivery: AmqpDelivery) {
+    // A presence question from another node is answered, not delivered.
+    if presence_query::is_question(&delivery.properties) {
+        presence_query::answer(&inner, &delivery).await;
+        if !matches!(delivery.ack(BasicAckOptions::default()).await, Ok(true)) {
+            tracing::debug!(target: "switchboard::amqp", "question ack not sent; channel closed");
+        }
+        return;
+    }
+
     // Only nodes publish here, so a bad body is a bug or a stranger; it is
     // dropped (acked) rather than redelivered forever.
     match std::str::from_utf8(&delivery.data).map(Envelope::parse) {

@@ -234,7 +234,7 @@ impl Inboxes {
         // expired since it was cached.
         for _ in 0..2 {
             self.ensure_declared(inner, unique_id).await?;
-            match inner.publisher.publish(&message).await {
+            match inner.publish(&message).await {
                 Ok(Confirmed::Accepted) => return Ok(()),
                 Ok(Confirmed::Returned) => {
                     lock(&self.declared).remove(unique_id);
@@ -325,7 +325,7 @@ impl Inboxes {
             properties: live_properties(receipt.id()),
             unroutable: IfUnroutable::Drop,
         };
-        if let Err(error) = inner.publisher.publish(&message).await {
+        if let Err(error) = inner.publish(&message).await {
             // Lost receipt: the push stays pending and comes again.
             tracing::debug!(
                 target: "switchboard::amqp",
@@ -446,6 +446,9 @@ async fn forward(inner: &Inner, unique_id: &str, held: &Held, delivery: AmqpDeli
         return;
     };
     let message_id = envelope.id().to_owned();
+    if delivery.redelivered {
+        inner.redelivered();
+    }
 
     // Remember before publishing, so a receipt cannot outrun the entry. A
     // second copy of a push already out (a retried publish) is held to be
@@ -468,7 +471,7 @@ async fn forward(inner: &Inner, unique_id: &str, held: &Held, delivery: AmqpDeli
         properties: live_properties(&message_id),
         unroutable: IfUnroutable::Report,
     };
-    match inner.publisher.publish(&message).await {
+    match inner.publish(&message).await {
         Ok(Confirmed::Accepted) => tracing::trace!(
             target: "switchboard::amqp",
             unique_id, message_id, redelivered = delivery.redelivered, "push sent"

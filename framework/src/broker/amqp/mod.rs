@@ -32,6 +32,13 @@
 //! bindings match, so each node, and through its hub each session, sees a
 //! delivery once.
 //!
+//! # Presence
+//!
+//! `GET /api/presence` on one node asks the nodes that hold the user: a
+//! question published with key `user.<uniqueId>` reaches only their queues,
+//! and they answer through RabbitMQ's direct reply-to within a bounded
+//! window ([`presence_query`]).
+//!
 //! `UNICAST` pushes of reliable business types do not take this path
 //! directly: they are kept in per-user inbox queues and sent on from there
 //! ([`inbox`]).
@@ -46,6 +53,7 @@ mod events;
 mod inbox;
 mod order;
 mod presence;
+pub mod presence_query;
 pub mod tokens;
 
 use std::sync::{Arc, OnceLock};
@@ -71,6 +79,7 @@ use tokio_util::task::TaskTracker;
 use super::{Broker, BrokerError, Delivery, NodeSink};
 use crate::config::{Config, ReliableConfig};
 use crate::envelope::{Envelope, SendType};
+use crate::metrics::BrokerMetrics;
 use presence::Presence;
 
 /// Prefetch of the node's delivery queue: deliveries are handed to local
@@ -87,8 +96,11 @@ struct Inner {
     max_retries: u32,
     connector: Connector,
     publisher: Publisher,
+    /// The node's broker counters; `None` when built without them.
+    metrics: Option<BrokerMetrics>,
     node: Arc<dyn NodeSink>,
     presence: Presence,
+    answers: presence_query::Answers,
     inbox: inbox::Inboxes,
     /// Keeps one user's events in arrival order.
     order: Arc<order::Sequencer>,
@@ -110,6 +122,7 @@ pub struct AmqpBroker {
     publish_timeout: Duration,
     grace: Duration,
     reliable: ReliableConfig,
+    metrics: Option<BrokerMetrics>,
     inner: OnceLock<Arc<Inner>>,
     tasks: TaskTracker,
 }
@@ -136,9 +149,17 @@ impl AmqpBroker {
             publish_timeout: Duration::from_secs(broker.publish_timeout_secs),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             reliable: config.reliable.clone(),
+            metrics: None,
             inner: OnceLock::new(),
             tasks: TaskTracker::new(),
         })
+    }
+
+    /// Counts publishes, redeliveries and dead letters into `metrics`; set
+    /// before [`Broker::start`].
+    pub fn with_metrics(mut self, metrics: BrokerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn running(&self) -> Result<&Arc<Inner>, BrokerError> {
@@ -150,7 +171,37 @@ impl AmqpBroker {
     /// Publishes with the shared publisher and translates its errors.
     async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, BrokerError> {
         let inner = self.running()?;
-        inner.publisher.publish(message).await.map_err(broker_error)
+        inner.publish(message).await.map_err(broker_error)
+    }
+}
+
+impl Inner {
+    /// Publishes with the shared publisher and counts the outcome: a
+    /// confirm (returned messages included: the broker acked them) or a
+    /// failure after every retry.
+    async fn publish(&self, message: &Outgoing<'_>) -> Result<Confirmed, ClientError> {
+        let result = self.publisher.publish(message).await;
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(_) => metrics.publish_confirmed(),
+                Err(_) => metrics.publish_failed(),
+            }
+        }
+        result
+    }
+
+    /// A consumed message arrived again (flagged by RabbitMQ, or a retry).
+    fn redelivered(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.redelivered();
+        }
+    }
+
+    /// An event was dead-lettered (the dead letter is confirmed).
+    fn dead_lettered(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.dead_lettered();
+        }
     }
 }
 
@@ -280,8 +331,10 @@ impl Broker for AmqpBroker {
             max_retries: self.max_retries,
             connector: connector.clone(),
             publisher,
+            metrics: self.metrics.clone(),
             node,
             presence: Presence::default(),
+            answers: presence_query::Answers::default(),
             inbox: inbox::Inboxes::new(&self.reliable, self.publish_timeout),
             order: Arc::default(),
             stop: CancellationToken::new(),
@@ -429,6 +482,19 @@ impl Broker for AmqpBroker {
     async fn claim_token(&self, token_id: &str, _expires_at: u64) -> Result<bool, BrokerError> {
         let inner = self.running()?;
         tokens::claim(&inner.connector, token_id, self.publish_timeout).await
+    }
+
+    /// Asks the nodes that hold `unique_id` for their sessions, waiting at
+    /// most [`presence_query::SETUP_TIMEOUT`] plus
+    /// [`presence_query::ANSWER_WINDOW`]; a user no node holds is answered
+    /// after one round trip. See [`presence_query`].
+    async fn presence(
+        &self,
+        unique_id: &str,
+        local: crate::presence::Presence,
+    ) -> Result<crate::presence::Presence, BrokerError> {
+        let inner = self.running()?;
+        presence_query::ask(inner, unique_id, local).await
     }
 
     fn is_ready(&self) -> bool {
