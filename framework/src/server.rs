@@ -129,24 +129,42 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Server { node, listener, .. } = self;
         let routes = routes::routes(node.clone());
+        let grace = Duration::from_secs(node.config().server.shutdown_grace_secs);
+        let drain_started = Arc::new(std::sync::OnceLock::new());
         let drain = {
             let node = node.clone();
+            let drain_started = drain_started.clone();
             async move {
                 shutdown.await;
+                let _ = drain_started.set(tokio::time::Instant::now());
                 tracing::info!(target: "switchboard::server", "draining");
                 node.begin_drain();
             }
         };
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(drain)
-            .run()
-            .await;
+        let http = warp::serve(routes).incoming(listener).graceful(drain).run();
+
+        // warp's graceful shutdown waits for every HTTP connection to finish,
+        // including one whose client stopped halfway through a request; the
+        // grace period bounds that wait too, and dropping `http` closes them.
+        let overdue = async {
+            node.shutdown_token().cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            () = http => {}
+            () = overdue => tracing::warn!(
+                target: "switchboard::server",
+                "HTTP connections still open at the end of the grace period; closing them"
+            ),
+        }
 
         // warp does not track upgraded sockets; the sessions close themselves
         // on the drain signal, and we wait for them here.
-        let grace = Duration::from_secs(node.config().server.shutdown_grace_secs);
-        let deadline = tokio::time::Instant::now() + grace;
+        let started = drain_started
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        let deadline = started + grace;
         if tokio::time::timeout_at(deadline, node.session_tasks().wait())
             .await
             .is_err()

@@ -316,3 +316,20 @@ async fn unknown_paths_answer_in_the_json_shape() {
     assert_refused(&node.get("/api/publish").await, 405);
     node.stop().await;
 }
+
+/// The largest subscriptions a token may carry (64 tags and 64 businesses
+/// of 128 bytes) still make a token that connects.
+#[tokio::test]
+async fn largest_allowed_token_connects() {
+    let node = TestNode::start().await;
+    let names = |prefix: char| {
+        (0..64)
+            .map(|i| format!("{prefix}{i:03}{}", "x".repeat(124)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let extra = format!("&tags={}&businesses={}", names('t'), names('b'));
+    let client = node.connect_with("big-token", "H5", &extra).await;
+    assert_eq!(client.connected["tags"].as_array().map(Vec::len), Some(64));
+    node.stop().await;
+}

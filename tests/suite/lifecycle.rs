@@ -113,3 +113,32 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
         "stop waited {took:?} for a client that does not read"
     );
 }
+
+/// A client that stopped halfway through an HTTP request does not hold the
+/// drain past `server.shutdown_grace_secs`.
+#[tokio::test]
+async fn half_sent_request_does_not_hold_the_drain_past_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut config = test_config();
+    config.server.shutdown_grace_secs = 1;
+    let node = TestNode::start_with(config).await;
+    let mut half = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("writes");
+    // The request is in flight once the server has read its first bytes;
+    // a full request on another connection is answered after them.
+    assert_eq!(node.get("/healthz").await.0, 200);
+
+    let stopping = Instant::now();
+    node.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "stop waited {took:?} for a half-sent request"
+    );
+    drop(half);
+}
