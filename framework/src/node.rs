@@ -222,9 +222,8 @@ impl Node {
         // A reliable push is handled here and now rather than queued as an
         // event: its handler runs and the push is kept in the user's inbox
         // before the producer's answer, so pushes a producer sends one after
-        // another reach the inbox, and the user, in that order. Events in
-        // the shared inbound queue are processed by competing nodes in
-        // parallel and keep no order.
+        // another reach the inbox, and the user, in that order, and a full
+        // inbox is refused to the producer directly.
         if self.registry.is_reliable(event.business())
             && event.effective_send_type() == SendType::Unicast
         {

@@ -8,10 +8,12 @@
 //! Declared idempotently on every (re)connect, on a throwaway channel:
 //!
 //! - `switchboard.inbound`, a durable topic exchange, and the durable queue
-//!   of the same name bound with `#`. Every node consumes the queue
-//!   (competing consumers) with manual acks and a prefetch of
-//!   `broker.prefetch`; each event is acked only after what replaces it
-//!   (deliveries, a dead letter, a retry) is confirmed.
+//!   `switchboard.inbound.events` bound with `#`, with a single active
+//!   consumer: every node subscribes, one at a time receives, in order
+//!   ([`order`] keeps one user's events in that order on the node). Manual
+//!   acks and a prefetch of `broker.prefetch`; each event is acked only
+//!   after what replaces it (deliveries, a dead letter, a retry) is
+//!   confirmed.
 //! - `switchboard.dead`, a durable fanout exchange and queue: events that can
 //!   never succeed, with the reason in headers.
 //! - `switchboard.outbound`, a durable topic exchange for
