@@ -29,6 +29,11 @@ else
     uni_rates=1000,5000,10000; n_uni=1000; n_rr=100; hold=5
 fi
 
+# A benchmark measures the gateway, not its abuse limits: per-session rates
+# and the connection caps are off.
+unlimited="SWITCHBOARD_LIMITS__FRAMES_PER_SEC=0 SWITCHBOARD_LIMITS__BYTES_PER_SEC=0"
+unlimited="$unlimited SWITCHBOARD_LIMITS__MAX_CONNECTIONS=0 SWITCHBOARD_LIMITS__MAX_SESSIONS_PER_USER=0"
+
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -48,8 +53,8 @@ stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/
 loadgen() { "$bin/loadgen" "$@"; }
 
 # --- Switchboard on the embedded broker -------------------------------------
-SWITCHBOARD_SERVER__BIND=127.0.0.1:18086 SWITCHBOARD_LOG__FILTER=warn \
-    SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef "$bin/switchboard" &
+env SWITCHBOARD_SERVER__BIND=127.0.0.1:18086 SWITCHBOARD_LOG__FILTER=warn \
+    SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef $unlimited "$bin/switchboard" &
 pids+=($!); sb=$!; wait_port 18086
 url=http://127.0.0.1:18086
 loadgen --target switchboard --url $url --server-pid $sb --scenario idle \
@@ -85,8 +90,8 @@ fi
 
 # --- Switchboard on RabbitMQ -------------------------------------------------
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-    SWITCHBOARD_SERVER__BIND=127.0.0.1:18087 SWITCHBOARD_LOG__FILTER=warn \
-        SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef \
+    env SWITCHBOARD_SERVER__BIND=127.0.0.1:18087 SWITCHBOARD_LOG__FILTER=warn \
+        SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef $unlimited \
         SWITCHBOARD_AUTH__ALLOW_OPEN=true \
         SWITCHBOARD_BROKER__URL=amqp://guest:guest@127.0.0.1:5672/%2f "$bin/switchboard" &
     pids+=($!); wait_port 18087

@@ -569,11 +569,16 @@ async fn reqreply(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
                 if ws.send(Message::text(frame)).await.is_err() {
                     break;
                 }
-                // Wait for the reply proper (Switchboard sends an ACK first).
+                // Wait for the reply proper (Switchboard sends an ACK first);
+                // an ERROR instead (a refusal) or silence ends the client's run.
                 loop {
-                    let Some(text) = next_text(&mut ws).await else {
+                    let next = tokio::time::timeout(Duration::from_secs(5), next_text(&mut ws));
+                    let Ok(Some(text)) = next.await else {
                         return h;
                     };
+                    if text.contains("\"ERROR\"") {
+                        return h;
+                    }
                     let done = match target {
                         Target::Socketio => text.starts_with("42[\"res\""),
                         _ => text.contains("\"SERVER_TO_CLIENT\""),
