@@ -23,8 +23,9 @@ use crate::session::SessionEnd;
 /// Most tags plus businesses one session may be subscribed to.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 
-/// A frame waiting in a session's outbound queue.
-pub(crate) type Outbound = Arc<str>;
+/// A frame waiting in a session's outbound queue. Cloning it shares the
+/// bytes, so every session of a fan-out writes from one buffer.
+pub(crate) type Outbound = tungstenite::Utf8Bytes;
 
 /// What the hub keeps of one session.
 pub(crate) struct SessionHandle {
@@ -278,7 +279,9 @@ impl Hub {
                 .cloned()
                 .collect()
         };
-        targets.iter().filter(|h| h.offer(&delivery.text)).count()
+        // One copy per delivery into a shareable buffer; none per session.
+        let frame = Outbound::from(&*delivery.text);
+        targets.iter().filter(|h| h.offer(&frame)).count()
     }
 }
 

@@ -19,6 +19,7 @@ use crate::envelope::{Envelope, MAX_NAME_LEN, MAX_TARGETS, Refusal};
 use crate::node::Node;
 use crate::session;
 use crate::token::{Claims, TokenError, now_secs};
+use crate::upgrade;
 
 /// The JSON answer of the token and publish endpoints.
 #[derive(Debug, Serialize)]
@@ -84,14 +85,14 @@ pub(crate) fn routes(
         .and(warp::get())
         .and(with_node.clone())
         .and_then(check_token)
-        .and(warp::ws())
-        .map(|(node, claims): (Arc<Node>, Claims), ws: warp::ws::Ws| {
-            let limit = node.config().ws.max_message_bytes;
-            let ws = ws.max_message_size(limit).max_frame_size(limit);
-            let tasks = node.session_tasks().clone();
-            ws.on_upgrade(move |socket| tasks.track_future(session::run(node, socket, claims)))
-                .into_response()
-        });
+        .and(upgrade::websocket())
+        .map(
+            |(node, claims): (Arc<Node>, Claims), ws: upgrade::Upgrade| {
+                let ws = ws.max_message_size(node.config().ws.max_message_bytes);
+                let tasks = node.session_tasks().clone();
+                ws.on_upgrade(&tasks, move |socket| session::run(node, socket, claims))
+            },
+        );
 
     let publish_limit = node.config().ws.max_message_bytes as u64;
     let publish = warp::path!("api" / "publish")
