@@ -255,33 +255,34 @@ impl Hub {
         let client_type = env.to_client_type.as_deref();
         let matches = |h: &SessionHandle| client_type.is_none_or(|c| h.client_type == c);
 
-        // Collect the targets under the read lock, then offer outside it:
-        // ending a slow session takes no hub lock, but keeping the critical
-        // section to map lookups keeps writers (connects) from waiting.
-        let targets: Vec<Arc<SessionHandle>> = {
-            let inner = self.read();
-            let ids: Vec<u64> = match env.effective_send_type() {
-                SendType::Unicast => {
-                    let user = env
-                        .to_unique_id
-                        .as_deref()
-                        .and_then(|u| inner.by_user.get(u));
-                    user.map(|ids| ids.iter().copied().collect())
-                        .unwrap_or_default()
-                }
-                SendType::Tag => union(&inner.by_tag, &env.tags),
-                SendType::Business => union(&inner.by_business, &env.businesses),
-                SendType::Broadcast => inner.sessions.keys().copied().collect(),
-            };
-            ids.iter()
-                .filter_map(|id| inner.sessions.get(id))
-                .filter(|h| matches(h))
-                .cloned()
-                .collect()
-        };
         // One copy per delivery into a shareable buffer; none per session.
         let frame = Outbound::from(&*delivery.text);
-        targets.iter().filter(|h| h.offer(&frame)).count()
+
+        // Offered under the read lock: an offer never waits (a full queue
+        // ends its session without taking a hub lock), and offering in place
+        // saves cloning and dropping an `Arc` per session, which was the
+        // largest cost of a broadcast after the socket writes themselves.
+        let inner = self.read();
+        let offer = |h: &SessionHandle| matches(h) && h.offer(&frame);
+        let ids = match env.effective_send_type() {
+            SendType::Broadcast => {
+                return inner.sessions.values().filter(|h| offer(h)).count();
+            }
+            SendType::Unicast => {
+                let user = env
+                    .to_unique_id
+                    .as_deref()
+                    .and_then(|u| inner.by_user.get(u));
+                user.map(|ids| ids.iter().copied().collect())
+                    .unwrap_or_default()
+            }
+            SendType::Tag => union(&inner.by_tag, &env.tags),
+            SendType::Business => union(&inner.by_business, &env.businesses),
+        };
+        ids.iter()
+            .filter_map(|id| inner.sessions.get(id))
+            .filter(|h| offer(h))
+            .count()
     }
 }
 

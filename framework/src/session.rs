@@ -233,11 +233,18 @@ async fn session_loop(
     tokio::pin!(idle);
     let mut refusals_logged = 0u32;
 
+    // Built once, not per turn of the loop: each build registers a waiter
+    // under the token's lock and each drop removes it, and the node's token
+    // is shared by every session.
+    let ended = handle.ended();
+    let drained = shutdown.cancelled();
+    tokio::pin!(ended, drained);
+
     loop {
         tokio::select! {
             biased;
-            reason = handle.ended() => return reason,
-            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            reason = &mut ended => return reason,
+            () = &mut drained => return SessionEnd::Shutdown,
             frame = rx.recv() => {
                 // The hub holds a sender as long as the session is registered,
                 // so the queue cannot close while this loop runs.
