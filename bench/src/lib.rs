@@ -10,7 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// One client socket.
@@ -148,6 +149,54 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     field_kib(&status, "VmRSS:")
 }
 
+/// CPU time (user plus system, all threads) that process `pid` has used,
+/// in seconds, from `/proc`; `None` for 0 or a process that is gone. Pass
+/// `std::process::id()` for the load generator itself.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    // Linux reports these in USER_HZ, which is 100 on every architecture
+    // this runs on.
+    const TICKS_PER_SEC: f64 = 100.0;
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the 1st, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SEC)
+}
+
+/// CPU seconds of the server and of the load generator over one step.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    server_pid: u32,
+    server: Option<f64>,
+    own: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `server_pid` 0 measures the load generator only.
+    pub fn start(server_pid: u32) -> Self {
+        CpuMeter {
+            server_pid,
+            server: cpu_secs(server_pid),
+            own: cpu_secs(std::process::id()),
+        }
+    }
+
+    /// CPU seconds since [`CpuMeter::start`]: `(server, load generator)`.
+    pub fn stop(&self) -> (Option<f64>, Option<f64>) {
+        let since = |before: Option<f64>, pid: u32| Some(cpu_secs(pid)? - before?);
+        (
+            since(self.server, self.server_pid),
+            since(self.own, std::process::id()),
+        )
+    }
+}
+
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -184,17 +233,17 @@ impl Endpoint {
                 }
                 let body: serde_json::Value = request.send().await?.json().await?;
                 let ws_url = body["data"].as_str().ok_or("token response without data")?;
-                let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+                let mut ws = open(ws_url).await?;
                 let first = next_text(&mut ws).await.ok_or("closed before CONNECTED")?;
                 if !first.contains("CONNECTED") {
                     return Err("first frame was not CONNECTED".into());
                 }
                 Ok(ws)
             }
-            Target::Raw => Ok(tokio_tungstenite::connect_async(self.url.as_str()).await?.0),
+            Target::Raw => open(&self.url).await,
             Target::Socketio => {
                 let url = format!("{}/socket.io/?EIO=4&transport=websocket", self.url);
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                let mut ws = open(&url).await?;
                 let open = next_text(&mut ws).await.ok_or("closed before open")?;
                 if !open.starts_with('0') {
                     return Err("no engine.io open packet".into());
@@ -210,8 +259,21 @@ impl Endpoint {
     }
 }
 
+/// Read buffer of each client socket. tungstenite's default, 128 KiB, is
+/// zero-filled on every read, which at thousands of sockets made the load
+/// generator, not the server, the first thing to run out of CPU.
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
+/// Opens one WebSocket client connection to `url`.
+async fn open(url: &str) -> Result<Socket, BoxError> {
+    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
+    Ok(ws)
+}
+
 /// The next text frame, answering Socket.IO's engine-level pings on the way.
-pub async fn next_text(ws: &mut Socket) -> Option<String> {
+/// The frame is returned as received, without a copy.
+pub async fn next_text(ws: &mut Socket) -> Option<Utf8Bytes> {
     loop {
         match ws.next().await? {
             Ok(Message::Text(text)) => {
@@ -220,7 +282,7 @@ pub async fn next_text(ws: &mut Socket) -> Option<String> {
                     ws.send(Message::text("3")).await.ok()?;
                     continue;
                 }
-                return Some(text.as_str().to_owned());
+                return Some(text);
             }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,

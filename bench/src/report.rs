@@ -33,6 +33,11 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Server CPU microseconds per delivery in a step; NaN where not measured.
+fn cpu_per_delivery(step: &Value) -> f64 {
+    num(&step["server_cpu_secs"]) * 1e6 / num(&step["deliveries"])
+}
+
 /// Writes `summary.md` and `plot.svg` into `dir`; returns the summary text.
 pub fn write(dir: &Path) -> std::io::Result<String> {
     let targets = ["switchboard", "raw", "socketio"];
@@ -75,9 +80,12 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
     let _ = writeln!(md, "\n### Broadcast fan-out (best sustained step)\n");
     let _ = writeln!(
         md,
-        "| server | step | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms |"
+        "| server | step | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/delivery |"
     );
-    let _ = writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        md,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let mut fan = Vec::new();
     for t in targets {
         let Some(r) = load(dir, &format!("fanout-{t}")) else {
@@ -92,13 +100,14 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
         ));
         let _ = writeln!(
             md,
-            "| {t} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {t} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             s["label"].as_str().unwrap_or(""),
             num(&s["deliveries_per_sec"]),
             num(&l["p50_ms"]),
             num(&l["p99_ms"]),
             num(&l["p999_ms"]),
-            num(&l["max_ms"])
+            num(&l["max_ms"]),
+            cpu_per_delivery(s)
         );
     }
     let rate = |name: &str| fan.iter().find(|f| f.0 == name).map(|f| f.1);
@@ -123,17 +132,17 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
         let _ = writeln!(md, "\n### {name}, every step\n");
         let _ = writeln!(
             md,
-            "| step | sent | expected | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms |"
+            "| step | sent | expected | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/delivery |"
         );
         let _ = writeln!(
             md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for s in r["results"]["steps"].as_array().into_iter().flatten() {
             let l = &s["latency"];
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 s["label"].as_str().unwrap_or(""),
                 s["sent"],
                 s["expected_deliveries"],
@@ -142,7 +151,8 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
                 num(&l["p50_ms"]),
                 num(&l["p99_ms"]),
                 num(&l["p999_ms"]),
-                num(&l["max_ms"])
+                num(&l["max_ms"]),
+                cpu_per_delivery(s)
             );
         }
     }

@@ -24,8 +24,9 @@ use crate::session::SessionEnd;
 /// to; the node uses `limits.max_subscriptions_per_session`.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 
-/// A frame waiting in a session's outbound queue.
-pub(crate) type Outbound = Arc<str>;
+/// A frame waiting in a session's outbound queue. Cloning it shares the
+/// bytes, so every session of a fan-out writes from one buffer.
+pub(crate) type Outbound = tungstenite::Utf8Bytes;
 
 /// What the hub keeps of one session.
 pub(crate) struct SessionHandle {
@@ -312,38 +313,44 @@ impl Hub {
         let client_type = env.to_client_type.as_deref();
         let matches = |h: &SessionHandle| client_type.is_none_or(|c| h.client_type == c);
 
-        // Collect the targets under the read lock, then offer outside it:
-        // ending a slow session takes no hub lock, but keeping the critical
-        // section to map lookups keeps writers (connects) from waiting.
-        let targets: Vec<Arc<SessionHandle>> = {
-            let inner = self.read();
-            let ids: Vec<u64> = match env.effective_send_type() {
-                SendType::Unicast => {
-                    let user = env
-                        .to_unique_id
-                        .as_deref()
-                        .and_then(|u| inner.by_user.get(u));
-                    user.map(|ids| ids.iter().copied().collect())
-                        .unwrap_or_default()
-                }
-                SendType::Tag => union(&inner.by_tag, &env.tags),
-                SendType::Business => union(&inner.by_business, &env.businesses),
-                SendType::Broadcast => inner.sessions.keys().copied().collect(),
-            };
-            ids.iter()
-                .filter_map(|id| inner.sessions.get(id))
-                .filter(|h| matches(h))
-                .cloned()
-                .collect()
-        };
+        // One copy per delivery into a shareable buffer; none per session.
+        let frame = Outbound::from(&*delivery.text);
+
+        // Offered under the read lock: an offer never waits (a full queue
+        // ends its session without taking a hub lock), and offering in place
+        // saves cloning and dropping an `Arc` per session, which was the
+        // largest cost of a broadcast after the socket writes themselves.
+        let inner = self.read();
         let mut counts = FanOut::default();
-        for target in &targets {
-            match target.offer(&delivery.text) {
+        let mut offer = |h: &SessionHandle| {
+            if !matches(h) {
+                return;
+            }
+            match h.offer(&frame) {
                 Offered::Queued => counts.delivered += 1,
                 Offered::Full => counts.dropped_slow_client += 1,
                 Offered::Closing => counts.dropped_closing += 1,
             }
-        }
+        };
+        let ids: Vec<u64> = match env.effective_send_type() {
+            SendType::Broadcast => {
+                inner.sessions.values().for_each(|h| offer(h));
+                return counts;
+            }
+            SendType::Unicast => {
+                let user = env
+                    .to_unique_id
+                    .as_deref()
+                    .and_then(|u| inner.by_user.get(u));
+                user.map(|ids| ids.iter().copied().collect())
+                    .unwrap_or_default()
+            }
+            SendType::Tag => union(&inner.by_tag, &env.tags),
+            SendType::Business => union(&inner.by_business, &env.businesses),
+        };
+        ids.iter()
+            .filter_map(|id| inner.sessions.get(id))
+            .for_each(|h| offer(h));
         counts
     }
 }

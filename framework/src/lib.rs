@@ -46,6 +46,7 @@ mod routes;
 mod server;
 pub mod session;
 pub mod token;
+mod upgrade;
 
 /// The unified envelope; lives in `switchboard-protocol`, shared with services.
 pub use switchboard_protocol::envelope;

@@ -22,6 +22,7 @@ use crate::node::Node;
 use crate::replay::Claim;
 use crate::session;
 use crate::token::{Claims, TokenError, now_secs};
+use crate::upgrade;
 
 /// The JSON answer of the token and publish endpoints.
 #[derive(Debug, Serialize)]
@@ -115,7 +116,7 @@ pub(crate) fn routes(
         .and(with_node.clone())
         .map(issue_token);
 
-    // Stateless checks come before `warp::ws()`, so a bad token is a 401
+    // Stateless checks come before the upgrade filter, so a bad token is a 401
     // even without upgrade headers; the token is spent only in `upgrade`,
     // once the request is a real upgrade.
     let socket = warp::path("socket")
@@ -124,7 +125,7 @@ pub(crate) fn routes(
         .and(warp::header::optional::<String>("origin"))
         .and(with_node.clone())
         .and_then(check_token)
-        .and(warp::ws())
+        .and(upgrade::websocket())
         .and_then(upgrade);
 
     let presence = warp::path!("api" / "presence")
@@ -353,7 +354,7 @@ async fn check_token(
 /// token unspent, and the place is held from here until the session ends.
 async fn upgrade(
     (node, claims): (Arc<Node>, Claims),
-    ws: warp::ws::Ws,
+    ws: upgrade::Upgrade,
 ) -> Result<Response, Rejection> {
     let permit = match node.admission().admit(&claims.unique_id) {
         Ok(permit) => permit,
@@ -403,19 +404,14 @@ async fn upgrade(
         }
     }
 
-    let limit = node.config().ws.max_message_bytes;
-    let ws = ws.max_message_size(limit).max_frame_size(limit);
+    let ws = ws.max_message_size(node.config().ws.max_message_bytes);
     let tasks = node.session_tasks().clone();
     // The permit moves into the session and is dropped when it ends, or
     // with the callback if the upgrade never completes.
-    Ok(ws
-        .on_upgrade(move |socket| {
-            tasks.track_future(async move {
-                let _permit = permit;
-                session::run(node, socket, claims).await;
-            })
-        })
-        .into_response())
+    Ok(ws.on_upgrade(&tasks, move |socket| async move {
+        let _permit = permit;
+        session::run(node, socket, claims).await;
+    }))
 }
 
 async fn publish_event(headers: HeaderMap, body: bytes::Bytes, node: Arc<Node>) -> Response {

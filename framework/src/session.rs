@@ -9,14 +9,18 @@
 //! Every way a session can end is a [`SessionEnd`], and [`SessionEnd::close`]
 //! is the one place that picks its close code and log level.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use warp::ws::{Message, WebSocket};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::envelope::{Envelope, ErrorCode, MessageType, Refusal, salvage_message_id};
 use crate::handler::ClientInfo;
@@ -25,6 +29,7 @@ use crate::limits::{SessionLimiter, Verdict};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::token::Claims;
+use crate::upgrade::WebSocket;
 
 /// How long one write to a client may take before the client counts as not
 /// reading. Fan-out never waits this long (it only queues); this bounds the
@@ -154,7 +159,7 @@ impl SessionEnd {
 }
 
 /// Runs a session on an upgraded socket until it ends.
-pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
+pub(crate) async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Claims) {
     let config = &node.config().ws;
     let (tx, mut rx) = mpsc::channel::<Outbound>(config.send_queue_len);
     let id = node.hub().next_session_id();
@@ -190,12 +195,13 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
     );
 
     let _open = node.metrics().session_opened(&info.client_type);
-    let (mut sink, mut stream) = socket.split();
-    let connected = connected_frame(&node, &info, &claims.tags, &claims.businesses);
-    let hello = [Message::text(connected.to_json())];
-    let end = match write_all(&mut sink, &handle, node.shutdown_token(), hello).await {
+    // Only the text of CONNECTED is kept: this future lives as long as the
+    // session, and so would the envelope.
+    let hello = connected_frame(&node, &info, &claims.tags, &claims.businesses).to_json();
+    let hello = [Message::text(hello)];
+    let end = match write_all(&mut socket, &handle, node.shutdown_token(), hello).await {
         Err(end) => end,
-        Ok(()) => session_loop(&node, &info, &handle, &mut sink, &mut stream, &mut rx).await,
+        Ok(()) => session_loop(&node, &info, &handle, &mut socket, &mut rx).await,
     };
 
     // Unregister first, so no new frame is queued for a dying session.
@@ -208,24 +214,26 @@ pub(crate) async fn run(node: Arc<Node>, socket: WebSocket, claims: Claims) {
     // best effort.
     let last_write = Duration::from_secs(1);
     if let Some((code, reason)) = end.close() {
-        let close = Message::close_with(code, reason);
-        let _ = tokio::time::timeout(last_write, sink.send(close)).await;
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(last_write, socket.send(close)).await;
     } else if end == SessionEnd::ClientClosed {
         // A client's close frame must be answered with one (RFC 6455, 5.5.1).
         // The socket queued the answer when it read the close; a flush sends it.
-        let _ = tokio::time::timeout(last_write, sink.flush()).await;
+        let _ = tokio::time::timeout(last_write, socket.flush()).await;
     }
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocket>;
-
+/// The session's select loop. The socket is not split into halves: the
+/// select drops its read future before a branch body runs, so a body can
+/// write on the same socket, and no lock sits between the two directions.
 async fn session_loop(
     node: &Arc<Node>,
     info: &ClientInfo,
     handle: &SessionHandle,
-    sink: &mut Sink,
-    stream: &mut Stream,
+    socket: &mut WebSocket,
     rx: &mut mpsc::Receiver<Outbound>,
 ) -> SessionEnd {
     let config = &node.config().ws;
@@ -243,27 +251,33 @@ async fn session_loop(
     tokio::pin!(idle);
     let mut refusals_logged = 0u32;
 
+    // Built once, not per turn of the loop: each build registers a waiter
+    // under the token's lock and each drop removes it, and the node's token
+    // is shared by every session.
+    let ended = handle.ended();
+    tokio::pin!(ended);
+
     loop {
         tokio::select! {
             biased;
-            reason = handle.ended() => return reason,
+            reason = &mut ended => return reason,
             () = &mut closing => return SessionEnd::Shutdown,
             frame = rx.recv() => {
                 // The hub holds a sender as long as the session is registered,
                 // so the queue cannot close while this loop runs.
                 let Some(first) = frame else { return SessionEnd::Kicked };
-                let mut batch = vec![Message::text(&*first)];
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(Message::text(&*next)),
-                        Err(_) => break,
-                    }
-                }
-                if let Err(end) = write_all(sink, handle, shutdown, batch).await {
+                // What is already queued goes out with one flush. A queued
+                // frame shares its bytes with every other session's copy: no
+                // frame is copied here.
+                let queued = std::iter::from_fn(|| rx.try_recv().ok());
+                let batch = std::iter::once(first)
+                    .chain(queued.take(WRITE_BATCH - 1))
+                    .map(Message::Text);
+                if let Err(end) = write_all(socket, handle, shutdown, batch).await {
                     return end;
                 }
             }
-            frame = stream.next() => {
+            frame = socket.next() => {
                 let message = match frame {
                     None => return SessionEnd::ClientClosed,
                     Some(Err(err)) => return read_error(&err),
@@ -278,19 +292,21 @@ async fn session_loop(
                 if message.is_ping() || message.is_pong() {
                     continue;
                 }
-                match limiter.check(message.as_bytes().len(), Instant::now()) {
+                match limiter.check(message.len(), Instant::now()) {
                     Verdict::Pass => {}
                     Verdict::Close => return SessionEnd::RateLimited,
                     Verdict::Limited => {
                         let answer = rate_limited(node, info, &message, &mut refusals_logged);
-                        if let Err(end) = write_all(sink, handle, shutdown, [answer]).await {
+                        if let Err(end) = write_all(socket, handle, shutdown, [answer]).await {
                             return end;
                         }
                         continue;
                     }
                 }
-                let answers = if let Ok(text) = message.to_str() {
-                    answer_text(node, info, handle, text, &mut refusals_logged).await
+                let answers = if let Message::Text(text) = &message {
+                    // Boxed: answering can be a deep chain of futures, and
+                    // inline it would grow every idle session's task.
+                    Box::pin(answer_text(node, info, handle, text, &mut refusals_logged)).await
                 } else {
                     node.metrics().binary_frame_received();
                     node.metrics().frame_sent(Some(MessageType::Error));
@@ -303,13 +319,13 @@ async fn session_loop(
                 };
                 let answers: Vec<Message> =
                     answers.into_iter().map(|env| Message::text(env.to_json())).collect();
-                if let Err(end) = write_all(sink, handle, shutdown, answers).await {
+                if let Err(end) = write_all(socket, handle, shutdown, answers).await {
                     return end;
                 }
             }
             _ = ping.tick(), if config.ping_interval_secs != 0 => {
-                let probe = [Message::ping(Vec::new())];
-                if let Err(end) = write_all(sink, handle, shutdown, probe).await {
+                let probe = [Message::Ping(Default::default())];
+                if let Err(end) = write_all(socket, handle, shutdown, probe).await {
                     return end;
                 }
             }
@@ -372,7 +388,7 @@ fn rate_limited(node: &Node, info: &ClientInfo, message: &Message, logged: &mut 
     node.metrics().frame_rate_limited();
     node.metrics().frame_sent(Some(MessageType::Error));
     log_refusal(info, &refusal, logged);
-    let message_id = message.to_str().ok().and_then(salvage_message_id);
+    let message_id = message.to_text().ok().and_then(salvage_message_id);
     Message::text(Envelope::error(&refusal, message_id.as_deref()).to_json())
 }
 
@@ -398,22 +414,18 @@ fn log_refusal(info: &ClientInfo, refusal: &Refusal, logged: &mut u32) {
     }
 }
 
-fn read_error(err: &warp::Error) -> SessionEnd {
-    use std::error::Error as _;
+fn read_error(err: &tungstenite::Error) -> SessionEnd {
     // The variants that carry client bytes (a UTF-8 error quotes them) are
     // mapped without their text: client content never reaches the log.
-    match err
-        .source()
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-    {
-        Some(tungstenite::Error::Capacity(_)) => SessionEnd::MessageTooBig,
-        Some(tungstenite::Error::Utf8(_)) => SessionEnd::InvalidUtf8,
+    match err {
+        tungstenite::Error::Capacity(_) => SessionEnd::MessageTooBig,
+        tungstenite::Error::Utf8(_) => SessionEnd::InvalidUtf8,
         // A peer that vanished without a close frame is a lost connection,
         // not a protocol violation.
-        Some(tungstenite::Error::Protocol(
+        tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => SessionEnd::Transport(err.to_string()),
-        Some(tungstenite::Error::Protocol(_)) => SessionEnd::ProtocolViolation,
+        ) => SessionEnd::Transport(err.to_string()),
+        tungstenite::Error::Protocol(_) => SessionEnd::ProtocolViolation,
         _ => SessionEnd::Transport(err.to_string()),
     }
 }
@@ -424,17 +436,27 @@ fn read_error(err: &warp::Error) -> SessionEnd {
 /// A write to a client that does not read can wait for the whole timeout;
 /// watching the drain here keeps such a client from holding up a shutdown.
 async fn write_all(
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     handle: &SessionHandle,
     shutdown: &CancellationToken,
     messages: impl IntoIterator<Item = Message>,
 ) -> Result<(), SessionEnd> {
     let write = async {
         for message in messages {
-            sink.feed(message).await?;
+            socket.feed(message).await?;
         }
-        sink.flush().await
+        socket.flush().await
     };
+    let mut write = std::pin::pin!(write);
+
+    // Fast path: a client that reads has room in its socket buffer, and the
+    // whole batch goes out in this first poll. Only a write that has to wait
+    // pays for a timer and for watching the session's end and the drain.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result.map_err(|err| SessionEnd::Transport(err.to_string()));
+    }
+
     tokio::select! {
         result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
             Ok(Ok(())) => Ok(()),

@@ -333,3 +333,40 @@ async fn largest_allowed_token_connects() {
     assert_eq!(client.connected["tags"].as_array().map(Vec::len), Some(64));
     node.stop().await;
 }
+
+/// A GET of a valid socket URL that is not a WebSocket upgrade (no upgrade
+/// headers, an unknown upgrade, an old protocol version, no key) is refused
+/// with 400 in the JSON shape, and the same token still upgrades.
+#[tokio::test]
+async fn socket_url_without_a_valid_upgrade_is_refused_with_400() {
+    let node = TestNode::start().await;
+    let url = node.token_url("user-1", "H5", "").await;
+    let http_url = url.replacen("ws://", "http://", 1);
+    let good = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let broken: [&[(&str, &str)]; 4] = [
+        &[],
+        &[good[0], ("upgrade", "h2c"), good[2], good[3]],
+        &[good[0], good[1], ("sec-websocket-version", "8"), good[3]],
+        &good[..3],
+    ];
+    let http = reqwest::Client::new();
+    for headers in broken {
+        let mut request = http.get(&http_url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request is answered");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("JSON answer");
+        assert_refused(&(status, body), 400);
+    }
+
+    let mut client = Client::connect(&url).await;
+    client.assert_alive().await;
+    node.stop().await;
+}

@@ -12,8 +12,8 @@
 //! whole suite; see docs/performance.md.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -23,8 +23,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::Serialize;
 use serde_json::{Value, json};
 use switchboard_bench::{
-    BoxError, Endpoint, Machine, Percentiles, Socket, Target, connect_many, extract_field,
-    extract_stamp, histogram, next_text, now_micros, rss_kib,
+    BoxError, CpuMeter, Endpoint, Machine, Percentiles, Socket, Target, connect_many,
+    extract_field, extract_stamp, histogram, next_text, now_micros, rss_kib,
 };
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,6 +70,10 @@ struct Step {
     deliveries: u64,
     deliveries_per_sec: f64,
     latency: Percentiles,
+    /// CPU seconds the server used during the step (with `--server-pid`).
+    server_cpu_secs: Option<f64>,
+    /// CPU seconds the load generator used during the step.
+    loadgen_cpu_secs: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,8 +124,8 @@ async fn run() -> Result<(), BoxError> {
 
     let results = match scenario.as_str() {
         "idle" => idle(&endpoint, &args, pid).await?,
-        "fanout" => fanout(&endpoint, &args).await?,
-        "unicast" | "reliable" => unicast(&endpoint, &args, scenario == "reliable").await?,
+        "fanout" => fanout(&endpoint, &args, pid).await?,
+        "unicast" | "reliable" => unicast(&endpoint, &args, pid, scenario == "reliable").await?,
         "reqreply" => reqreply(&endpoint, &args).await?,
         other => return Err(format!("unknown scenario {other}").into()),
     };
@@ -149,13 +153,21 @@ fn print_report(report: &Report) {
     println!("params: {}", report.params);
     if let Some(steps) = report.results.get("steps").and_then(Value::as_array) {
         println!(
-            "{:<18} {:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
-            "step", "rate/s", "deliveries", "deliv/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+            "{:<18} {:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "step",
+            "rate/s",
+            "deliveries",
+            "deliv/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "srv µs/dl"
         );
         for s in steps {
             let l = &s["latency"];
             println!(
-                "{:<18} {:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<18} {:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
                 s["label"].as_str().unwrap_or(""),
                 s["rate_per_sec"],
                 s["deliveries"],
@@ -164,6 +176,7 @@ fn print_report(report: &Report) {
                 l["p99_ms"].as_f64().unwrap_or(0.0),
                 l["p999_ms"].as_f64().unwrap_or(0.0),
                 l["max_ms"].as_f64().unwrap_or(0.0),
+                server_micros_per_delivery(s).unwrap_or(f64::NAN),
             );
         }
     } else {
@@ -172,6 +185,13 @@ fn print_report(report: &Report) {
             serde_json::to_string_pretty(&report.results).unwrap_or_default()
         );
     }
+}
+
+/// Server CPU microseconds per delivery in one step, where measured.
+fn server_micros_per_delivery(step: &Value) -> Option<f64> {
+    let cpu = step["server_cpu_secs"].as_f64()?;
+    let deliveries = step["deliveries"].as_f64().filter(|d| *d > 0.0)?;
+    Some(cpu * 1e6 / deliveries)
 }
 
 fn user(i: usize) -> String {
@@ -221,35 +241,85 @@ const MAX_STEPS: usize = 64;
 /// Receivers that record the latency of every stamped frame, per step: each
 /// payload carries its step number as `"s"`, so a late frame of one step is
 /// never counted in the next.
+///
+/// The load generator shares the machine with the server, so a receiver
+/// spends as little as it can per frame: latencies are kept in a small local
+/// batch and merged into one histogram per step (under a lock, once per
+/// batch), and no timer is armed per frame. One full-range histogram per
+/// receiver and step would be tens of gigabytes at 2,000 receivers.
 struct Receivers {
-    set: JoinSet<Vec<Histogram<u64>>>,
-    counts: Arc<Vec<AtomicU64>>,
-    stop: Arc<AtomicBool>,
+    set: JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+/// What the receivers fill in, per step.
+struct Shared {
+    counts: Vec<AtomicU64>,
+    histograms: Vec<Mutex<Histogram<u64>>>,
+    stop: AtomicBool,
+}
+
+/// Latencies a receiver keeps before merging them.
+const BATCH: usize = 64;
+
+/// How often an idle receiver merges what it has and looks at `stop`.
+const TICK: Duration = Duration::from_millis(100);
+
+impl Shared {
+    /// Merges a receiver's batch of `(step, latency µs)` and empties it.
+    fn merge(&self, batch: &mut Vec<(usize, u64)>) {
+        batch.sort_unstable_by_key(|sample| sample.0);
+        for run in batch.chunk_by(|a, b| a.0 == b.0) {
+            let step = run[0].0;
+            let mut histogram = self.histograms[step]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (_, micros) in run {
+                let _ = histogram.record(*micros);
+            }
+            drop(histogram);
+            self.counts[step].fetch_add(run.len() as u64, Ordering::Relaxed);
+        }
+        batch.clear();
+    }
 }
 
 fn spawn_receivers(sockets: Vec<Socket>, ack: bool) -> Receivers {
-    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        counts: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
+        histograms: (0..MAX_STEPS).map(|_| Mutex::new(histogram())).collect(),
+        stop: AtomicBool::new(false),
+    });
     let mut set = JoinSet::new();
     for mut ws in sockets {
-        let counts = counts.clone();
-        let stop = stop.clone();
+        let shared = shared.clone();
         set.spawn(async move {
-            let mut per_step: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
+            let mut batch = Vec::with_capacity(BATCH);
+            let tick = tokio::time::sleep(TICK);
+            tokio::pin!(tick);
             loop {
-                let next = tokio::time::timeout(Duration::from_millis(200), next_text(&mut ws));
-                let text = match next.await {
-                    Ok(Some(text)) => text,
-                    Ok(None) => break,
-                    Err(_) if stop.load(Ordering::Relaxed) => break,
-                    Err(_) => continue,
+                let text = tokio::select! {
+                    text = next_text(&mut ws) => match text {
+                        Some(text) => text,
+                        None => break,
+                    },
+                    () = &mut tick => {
+                        shared.merge(&mut batch);
+                        if shared.stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        tick.as_mut().reset(tokio::time::Instant::now() + TICK);
+                        continue;
+                    }
                 };
                 let Some(stamp) = extract_stamp(&text) else {
                     continue;
                 };
                 let step = extract_field(&text, "\"s\":").unwrap_or(0) as usize % MAX_STEPS;
-                let _ = per_step[step].record(now_micros().saturating_sub(stamp).max(1));
-                counts[step].fetch_add(1, Ordering::Relaxed);
+                batch.push((step, now_micros().saturating_sub(stamp).max(1)));
+                if batch.len() == BATCH {
+                    shared.merge(&mut batch);
+                }
                 if ack && let Some(id) = message_id(&text) {
                     let receipt = json!({"messageType": "ACK", "correlationId": id});
                     if ws.send(Message::text(receipt.to_string())).await.is_err() {
@@ -257,33 +327,33 @@ fn spawn_receivers(sockets: Vec<Socket>, ack: bool) -> Receivers {
                     }
                 }
             }
-            per_step
+            shared.merge(&mut batch);
         });
     }
-    Receivers { set, counts, stop }
+    Receivers { set, shared }
 }
 
 impl Receivers {
     /// Waits until step `step` saw `expected` frames or `grace` passed;
-    /// returns how many it saw.
+    /// returns how many it saw. Counts lag by at most one [`TICK`].
     async fn wait_step(&self, step: usize, expected: u64, grace: Duration) -> u64 {
-        let deadline = Instant::now() + grace;
-        while self.counts[step].load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        let deadline = Instant::now() + grace + TICK;
+        let seen = || self.shared.counts[step].load(Ordering::Relaxed);
+        while seen() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.counts[step].load(Ordering::Relaxed)
+        seen()
     }
 
-    /// Stops the receivers and merges their histograms, per step.
+    /// Stops the receivers and returns the histograms, per step.
     async fn finish(mut self) -> Vec<Histogram<u64>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
-        while let Some(Ok(per_step)) = self.set.join_next().await {
-            for (total, h) in all.iter_mut().zip(&per_step) {
-                let _ = total.add(h);
-            }
-        }
-        all
+        self.shared.stop.store(true, Ordering::Relaxed);
+        while self.set.join_next().await.is_some() {}
+        self.shared
+            .histograms
+            .iter()
+            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
     }
 }
 
@@ -367,7 +437,7 @@ async fn send_at_rate(
 
 /// Scenario 2: broadcast (and, on Switchboard, a tag send to a tenth of the
 /// sessions) at increasing rates.
-async fn fanout(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
+async fn fanout(endpoint: &Endpoint, args: &Args, pid: u32) -> Result<Value, BoxError> {
     let n: usize = args.get("connections", 2000);
     let secs: u64 = args.get("duration", 5);
     let rates = args.list("rates", &[10, 50, 100, 200, 400, 800]);
@@ -411,12 +481,14 @@ async fn fanout(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
                             "content": {"t": t, "s": step}}),
             };
             let started = Instant::now();
+            let cpu = CpuMeter::start(pid);
             let sent = send_at_rate(&mut publisher, endpoint.target, rate, secs, &make).await?;
             let expected = sent * fan;
             let got = receivers
                 .wait_step(step, expected, Duration::from_secs(5))
                 .await;
             let elapsed = started.elapsed().as_secs_f64();
+            let (server_cpu_secs, loadgen_cpu_secs) = cpu.stop();
             steps.push((
                 step,
                 Step {
@@ -427,6 +499,8 @@ async fn fanout(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
                     deliveries: got,
                     deliveries_per_sec: got as f64 / elapsed,
                     latency: Percentiles::default(),
+                    server_cpu_secs,
+                    loadgen_cpu_secs,
                 },
             ));
             // Past saturation the numbers only measure the backlog.
@@ -448,7 +522,12 @@ async fn fanout(endpoint: &Endpoint, args: &Args) -> Result<Value, BoxError> {
 
 /// Scenarios 3 and 4: a backend publishes UNICASTs to random users through
 /// RabbitMQ with confirms; latency from publish to client receipt.
-async fn unicast(endpoint: &Endpoint, args: &Args, reliable: bool) -> Result<Value, BoxError> {
+async fn unicast(
+    endpoint: &Endpoint,
+    args: &Args,
+    pid: u32,
+    reliable: bool,
+) -> Result<Value, BoxError> {
     let n: usize = args.get("connections", 1000);
     let secs: u64 = args.get("duration", 5);
     let rates = args.list("rates", &[1000, 5000]);
@@ -472,6 +551,7 @@ async fn unicast(endpoint: &Endpoint, args: &Args, reliable: bool) -> Result<Val
     for (i, rate) in rates.into_iter().enumerate() {
         let step = i + 1;
         let started = Instant::now();
+        let cpu = CpuMeter::start(pid);
         let period = Duration::from_secs_f64(1.0 / rate as f64);
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -520,6 +600,7 @@ async fn unicast(endpoint: &Endpoint, args: &Args, reliable: bool) -> Result<Val
             .wait_step(step, expected, Duration::from_secs(10))
             .await;
         let elapsed = started.elapsed().as_secs_f64();
+        let (server_cpu_secs, loadgen_cpu_secs) = cpu.stop();
         steps.push((
             step,
             Step {
@@ -530,6 +611,8 @@ async fn unicast(endpoint: &Endpoint, args: &Args, reliable: bool) -> Result<Val
                 deliveries: got,
                 deliveries_per_sec: got as f64 / elapsed,
                 latency: Percentiles::default(),
+                server_cpu_secs,
+                loadgen_cpu_secs,
             },
         ));
     }
