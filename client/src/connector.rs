@@ -104,6 +104,47 @@ impl Link {
     }
 }
 
+/// One channel kept for reuse on the current connection: opened on first
+/// use, opened again when it died or belongs to an older connection.
+#[derive(Default)]
+pub struct ChannelSlot {
+    // An async mutex, held across the opening, so that callers who find the
+    // channel dead at the same time open one new channel, not one each.
+    slot: tokio::sync::Mutex<Option<(u64, Channel)>>,
+}
+
+impl std::fmt::Debug for ChannelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelSlot { .. }")
+    }
+}
+
+impl ChannelSlot {
+    /// The kept channel of `link`, or a new one; `confirm` puts a new
+    /// channel in publisher-confirm mode.
+    ///
+    /// # Errors
+    ///
+    /// The lapin error when no channel can be opened.
+    pub async fn get(&self, link: &Link, confirm: bool) -> Result<Channel, lapin::Error> {
+        let mut slot = self.slot.lock().await;
+        if let Some((generation, channel)) = slot.as_ref()
+            && *generation == link.generation()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = link.channel().await?;
+        if confirm {
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await?;
+        }
+        *slot = Some((link.generation(), channel.clone()));
+        Ok(channel)
+    }
+}
+
 /// Why [`Connector::wait_link`] returned without a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoLink {

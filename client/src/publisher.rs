@@ -20,13 +20,13 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation};
-use tokio::sync::{Mutex, Semaphore};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Confirmation};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::ClientError;
-use crate::connector::{Connector, Link, NoLink};
+use crate::connector::{ChannelSlot, Connector, Link, NoLink};
 
 /// First pause between two attempts; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
@@ -106,7 +106,7 @@ impl std::fmt::Display for Failure {
 /// A confirmed publisher on top of a [`Connector`]. See the module docs.
 pub struct Publisher {
     connector: Connector,
-    channel: Mutex<Option<(u64, Channel)>>,
+    channel: ChannelSlot,
     permits: Semaphore,
     timeout: Duration,
 }
@@ -127,7 +127,7 @@ impl Publisher {
     pub fn new(connector: Connector, max_in_flight: usize, timeout: Duration) -> Self {
         Publisher {
             connector,
-            channel: Mutex::new(None),
+            channel: ChannelSlot::default(),
             permits: Semaphore::new(max_in_flight.max(1)),
             timeout,
         }
@@ -220,7 +220,11 @@ impl Publisher {
 
     /// One publish on the current confirm channel, awaiting its confirm.
     async fn attempt(&self, link: &Link, message: &Outgoing<'_>) -> Result<(), Failure> {
-        let channel = self.channel(link).await.map_err(Failure::Channel)?;
+        let channel = self
+            .channel
+            .get(link, true)
+            .await
+            .map_err(Failure::Channel)?;
         let options = BasicPublishOptions {
             mandatory: message.unroutable != IfUnroutable::Drop,
             immediate: false,
@@ -244,25 +248,5 @@ impl Publisher {
             // not would be a bug, and the message is not known to be safe.
             Confirmation::NotRequested => Err(Failure::Unavailable),
         }
-    }
-
-    /// The confirm channel of `link`, opened on first use and reopened when
-    /// it died or belongs to an older connection.
-    async fn channel(&self, link: &Link) -> Result<Channel, lapin::Error> {
-        // An async mutex: held across the channel opening, so that callers
-        // who find the channel dead at once open one new channel, not many.
-        let mut slot = self.channel.lock().await;
-        if let Some((generation, channel)) = slot.as_ref()
-            && *generation == link.generation()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
-        let channel = link.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        *slot = Some((link.generation(), channel.clone()));
-        Ok(channel)
     }
 }

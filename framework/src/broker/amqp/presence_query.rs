@@ -58,7 +58,6 @@ use switchboard_protocol::amqp::{
     CONTENT_TYPE_JSON, DELIVER_EXCHANGE, DIRECT_REPLY_TO, HEADER_KIND, HEADER_NODE,
     KIND_PRESENCE_ANSWER, KIND_PRESENCE_QUERY, TRANSIENT, user_routing_key,
 };
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::Inner;
@@ -247,24 +246,7 @@ async fn question(
 /// new connection.
 #[derive(Default)]
 pub(super) struct Answers {
-    channel: Mutex<Option<(u64, Channel)>>,
-}
-
-impl Answers {
-    async fn channel(&self, link: &Link) -> Result<Channel, lapin::Error> {
-        // An async mutex, held across the opening so that one channel is
-        // opened, not one per waiting answer.
-        let mut slot = self.channel.lock().await;
-        if let Some((generation, channel)) = slot.as_ref()
-            && *generation == link.generation()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
-        let channel = link.channel().await?;
-        *slot = Some((link.generation(), channel.clone()));
-        Ok(channel)
-    }
+    channel: switchboard_client::connector::ChannelSlot,
 }
 
 /// Answers a presence question taken from this node's queue with this
@@ -308,7 +290,7 @@ pub(super) async fn answer(inner: &Inner, delivery: &AmqpDelivery) {
         return;
     };
     let sent = async {
-        let channel = inner.answers.channel(&link).await?;
+        let channel = inner.answers.channel.get(&link, false).await?;
         // Through the default exchange, by the reply-to name RabbitMQ gave
         // the asker's channel; not mandatory: an asker that is gone is no
         // one's concern.
