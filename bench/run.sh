@@ -29,8 +29,8 @@ if [ "$mode" = smoke ]; then
 else
     cargo build -q --release -p switchboard-app -p switchboard-bench
     bin="${CARGO_TARGET_DIR:-target}/release"
-    n_idle=10000; n_fan=2000; rates=10,25,50,100,200,400,800,1200,1600; dur=5
-    uni_rates=1000,5000,10000; n_uni=1000; n_rr=100; hold=5
+    n_idle=10000; n_fan=2000; rates=10,50,100,200,400,600,800,1000,1200,1600; dur=5
+    uni_rates=1000,2000,3000,5000,10000; n_uni=1000; n_rr=100; hold=5
 fi
 
 # A benchmark measures the gateway, not its abuse limits: per-session rates
@@ -69,7 +69,7 @@ stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/
 loadgen() { "$bin/loadgen" "$@"; }
 
 # --- Switchboard on the embedded broker -------------------------------------
-env SWITCHBOARD_SERVER__BIND=127.0.0.1:$port_sb SWITCHBOARD_LOG__FILTER=warn \
+env SWITCHBOARD_SERVER__BIND=127.0.0.1:$port_sb SWITCHBOARD_LOG__FILTER=warn,lapin=off \
     SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef $unlimited "$bin/switchboard" &
 pids+=($!); sb=$!; wait_port $port_sb
 url=http://127.0.0.1:$port_sb
@@ -107,7 +107,7 @@ fi
 
 # --- Switchboard on RabbitMQ -------------------------------------------------
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-    env SWITCHBOARD_SERVER__BIND=127.0.0.1:$port_amqp SWITCHBOARD_LOG__FILTER=warn \
+    env SWITCHBOARD_SERVER__BIND=127.0.0.1:$port_amqp SWITCHBOARD_LOG__FILTER=warn,lapin=off \
         SWITCHBOARD_AUTH__SECRET=bench-secret-0123456789abcdef $unlimited \
         SWITCHBOARD_AUTH__ALLOW_OPEN=true \
         SWITCHBOARD_BROKER__URL=amqp://guest:guest@127.0.0.1:5672/%2f "$bin/switchboard" &
@@ -120,6 +120,7 @@ if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
         --connections $n_uni --duration $dur --rates $uni_rates \
         --json "$out/reliable-switchboard.json"
     stop_last
+    loadgen --delete-inboxes $n_uni
 else
     echo "bench: RabbitMQ not reachable on 127.0.0.1:5672; unicast scenarios skipped"
 fi

@@ -169,6 +169,20 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SEC)
 }
 
+/// The pid of the local RabbitMQ (the Erlang VM `beam.smp` run by user
+/// `rabbitmq`), found in `/proc`; `None` when there is none. Its CPU time is
+/// recorded next to the server's, since on one machine they share the cores.
+pub fn broker_pid() -> Option<u32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let rabbit = cmdline.windows(6).any(|w| w == b"rabbit");
+        (comm.trim() == "beam.smp" && rabbit).then_some(pid)
+    })
+}
+
 /// CPU seconds of the server and of the load generator over one step.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMeter {

@@ -157,6 +157,32 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
         }
     }
 
+    // Where the CPU of a push through RabbitMQ goes, and the backlog.
+    for name in ["unicast-switchboard", "reliable-switchboard"] {
+        let Some(r) = load(dir, name) else { continue };
+        let _ = writeln!(md, "\n### {name}, CPU per push and queue depths\n");
+        let _ = writeln!(
+            md,
+            "| step | deliveries/s | server µs/push | RabbitMQ µs/push | load generator µs/push | inbound ready, max | inboxes ready, max |"
+        );
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for s in r["results"]["steps"].as_array().into_iter().flatten() {
+            let per = |key: &str| num(&s[key]) * 1e6 / num(&s["deliveries"]);
+            let d = &s["queue_depth"];
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                s["label"].as_str().unwrap_or(""),
+                num(&s["deliveries_per_sec"]),
+                per("server_cpu_secs"),
+                per("broker_cpu_secs"),
+                per("loadgen_cpu_secs"),
+                d["inbound_max"],
+                d["inboxes_max"]
+            );
+        }
+    }
+
     // Request/reply.
     let _ = writeln!(md, "\n### Request/reply\n");
     let _ = writeln!(

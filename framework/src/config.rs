@@ -71,6 +71,13 @@ pub struct ReliableConfig {
     /// what a node holds for a client that does not read or acknowledge.
     /// Default 100; 0 is refused; at most 65535.
     pub max_in_flight_per_user: u16,
+    /// AMQP connections a node opens for its inbox consumers, besides its
+    /// main one. Each online user's inbox is consumed on its own channel,
+    /// spread over these connections: RabbitMQ allows 2047 channels per
+    /// connection by default, so a node serves about 2,000 online users
+    /// reliably per connection, and the client library's I/O thread costs
+    /// grow with the channels of its connection. Default 4; 1 to 64.
+    pub consumer_connections: u16,
 }
 
 impl Default for ReliableConfig {
@@ -79,6 +86,7 @@ impl Default for ReliableConfig {
             ttl_secs: 86_400,
             max_pending_per_user: 10_000,
             max_in_flight_per_user: 100,
+            consumer_connections: 4,
         }
     }
 }
@@ -128,7 +136,7 @@ pub struct BrokerConfig {
     pub url: Option<String>,
     /// Most inbound events a node holds unacknowledged at once (the AMQP
     /// prefetch). Higher raises throughput and the work redone after a crash.
-    /// Default 64; 0 is refused.
+    /// Default 256; 0 is refused.
     pub prefetch: u16,
     /// Times a handler failure is retried before the event is dead-lettered.
     /// Default 3; 0 dead-letters on the first failure.
@@ -145,7 +153,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: None,
-            prefetch: 64,
+            prefetch: 256,
             max_retries: 3,
             max_in_flight: 1024,
             publish_timeout_secs: 5,
@@ -421,6 +429,9 @@ impl Config {
         }
         if self.reliable.max_in_flight_per_user == 0 {
             return invalid("reliable.max_in_flight_per_user", "must be at least 1");
+        }
+        if !(1..=64).contains(&self.reliable.consumer_connections) {
+            return invalid("reliable.consumer_connections", "must be 1 to 64");
         }
         if let Some(secret) = &self.auth.secret
             && secret.len() < 16

@@ -74,6 +74,27 @@ struct Step {
     server_cpu_secs: Option<f64>,
     /// CPU seconds the load generator used during the step.
     loadgen_cpu_secs: Option<f64>,
+    /// CPU seconds the local RabbitMQ used during the step (RabbitMQ
+    /// scenarios, when it runs on this machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_cpu_secs: Option<f64>,
+    /// Ready messages in RabbitMQ's queues, sampled during the step
+    /// (RabbitMQ scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_depth: Option<DepthSummary>,
+}
+
+/// Ready messages (stored, not yet handed to a consumer) sampled in the
+/// queues a push passes through: the inbound queue, and for the reliable
+/// scenario the sum over every user's inbox. A backlog that grows during a
+/// step means the rate is not sustained.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct DepthSummary {
+    samples: u64,
+    inbound_max: u32,
+    inbound_last: u32,
+    inboxes_max: u32,
+    inboxes_last: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,6 +123,10 @@ async fn run() -> Result<(), BoxError> {
         let summary = switchboard_bench::report::write(std::path::Path::new(dir))?;
         println!("{summary}");
         return Ok(());
+    }
+    if let Some(n) = args.0.get("delete-inboxes") {
+        let n: usize = n.parse().map_err(|_| "--delete-inboxes needs a number")?;
+        return delete_inboxes(&args, n).await;
     }
     let target: Target = args.get("target", Target::Switchboard);
     let default_url = match target {
@@ -390,6 +415,21 @@ impl Publisher {
     }
 }
 
+/// What a fan-out publisher sends to the raw baseline and to Socket.IO:
+/// the envelope Switchboard delivers for `body` (a fresh `messageId`, a
+/// timestamp, every field), so that the three servers deliver frames of the
+/// same size and their clients parse the same text.
+fn as_delivered(body: &Value) -> String {
+    use switchboard_protocol::envelope::{Envelope, MessageType};
+    let mut envelope: Envelope = serde_json::from_value(body.clone())
+        .unwrap_or_else(|_| Envelope::new(MessageType::ServerToClient));
+    envelope
+        .message_type
+        .get_or_insert(MessageType::ServerToClient);
+    envelope.stamp();
+    envelope.to_json()
+}
+
 /// Sends `rate` messages a second for `secs`, each built by `make` from
 /// its stamp. HTTP publishes are pipelined (at most 256 in flight).
 async fn send_at_rate(
@@ -423,9 +463,10 @@ async fn send_at_rate(
                 in_flight.spawn(async move { request.send().await.map(|_| ()) });
             }
             Publisher::Socket(ws) => {
+                let body = as_delivered(&body);
                 let frame = match target {
                     Target::Socketio => format!("42[\"bcast\",{body}]"),
-                    _ => body.to_string(),
+                    _ => body,
                 };
                 ws.send(Message::text(frame)).await?;
             }
@@ -501,6 +542,8 @@ async fn fanout(endpoint: &Endpoint, args: &Args, pid: u32) -> Result<Value, Box
                     latency: Percentiles::default(),
                     server_cpu_secs,
                     loadgen_cpu_secs,
+                    broker_cpu_secs: None,
+                    queue_depth: None,
                 },
             ));
             // Past saturation the numbers only measure the backlog.
@@ -540,6 +583,15 @@ async fn unicast(
 
     let (sockets, _) = connect_many(endpoint, n, 64, |i| (user(i), String::new())).await?;
     let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
+    let inboxes = if reliable {
+        (0..n)
+            .map(|i| format!("switchboard.inbox.{}", user(i)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let depths = DepthSampler::start(amqp.clone(), inboxes);
+    let broker = switchboard_bench::broker_pid().unwrap_or(0);
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -548,59 +600,28 @@ async fn unicast(
     let mut steps = Vec::new();
     let mut seq: u64 = 0;
 
+    // One push to every user first, unmeasured: inboxes are declared,
+    // consumers and caches are warm before anything is counted.
+    let failed = publish_unicasts(&channel, business, n, 1000, n as u64, 0, &mut seq).await?;
+    receivers
+        .wait_step(0, n as u64 - failed, Duration::from_secs(30))
+        .await;
+
     for (i, rate) in rates.into_iter().enumerate() {
         let step = i + 1;
         let started = Instant::now();
         let cpu = CpuMeter::start(pid);
-        let period = Duration::from_secs_f64(1.0 / rate as f64);
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut confirms = JoinSet::new();
-        let mut failed = 0u64;
+        let broker_cpu = CpuMeter::start(broker);
+        depths.reset();
         let total = rate * secs;
-        for _ in 0..total {
-            ticker.tick().await;
-            seq += 1;
-            let to = user((seq as usize * 7919) % n);
-            let body = json!({
-                "messageId": format!("bench-{seq}"),
-                "businessType": business,
-                "sendType": "UNICAST",
-                "toUniqueId": to,
-                "content": {"t": now_micros(), "s": step, "orderId": format!("O-{seq}"),
-                            "status": "PAID"},
-            })
-            .to_string();
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            let confirm = channel
-                .basic_publish(
-                    "switchboard.inbound".into(),
-                    business.into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await?;
-            while confirms.len() >= 2048 {
-                if let Some(Ok(false)) = confirms.join_next().await {
-                    failed += 1;
-                }
-            }
-            confirms.spawn(async move { confirm.await.is_ok_and(|c| c.is_ack()) });
-        }
-        while let Some(result) = confirms.join_next().await {
-            if !matches!(result, Ok(true)) {
-                failed += 1;
-            }
-        }
+        let failed = publish_unicasts(&channel, business, n, rate, total, step, &mut seq).await?;
         let expected = total - failed;
         let got = receivers
             .wait_step(step, expected, Duration::from_secs(10))
             .await;
         let elapsed = started.elapsed().as_secs_f64();
         let (server_cpu_secs, loadgen_cpu_secs) = cpu.stop();
+        let (broker_cpu_secs, _) = broker_cpu.stop();
         steps.push((
             step,
             Step {
@@ -613,9 +634,12 @@ async fn unicast(
                 latency: Percentiles::default(),
                 server_cpu_secs,
                 loadgen_cpu_secs,
+                broker_cpu_secs,
+                queue_depth: Some(depths.summary()),
             },
         ));
     }
+    depths.stop();
     let histograms = receivers.finish().await;
     let steps: Vec<Step> = steps
         .into_iter()
@@ -625,6 +649,166 @@ async fn unicast(
         })
         .collect();
     Ok(json!({ "connections": n, "steps": steps }))
+}
+
+/// Publishes `total` unicasts of `business` at `rate` a second to users of
+/// `n`, persistent, through `switchboard.inbound`, stamped for `step`, and
+/// waits for their confirms; how many RabbitMQ did not confirm.
+async fn publish_unicasts(
+    channel: &lapin::Channel,
+    business: &str,
+    n: usize,
+    rate: u64,
+    total: u64,
+    step: usize,
+    seq: &mut u64,
+) -> Result<u64, BoxError> {
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut confirms = JoinSet::new();
+    let mut failed = 0u64;
+    for _ in 0..total {
+        ticker.tick().await;
+        *seq += 1;
+        let to = user((*seq as usize * 7919) % n);
+        let body = json!({
+            "messageId": format!("bench-{}", *seq),
+            "businessType": business,
+            "sendType": "UNICAST",
+            "toUniqueId": to,
+            "content": {"t": now_micros(), "s": step, "orderId": format!("O-{}", *seq),
+                        "status": "PAID"},
+        })
+        .to_string();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = channel
+            .basic_publish(
+                "switchboard.inbound".into(),
+                business.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await?;
+        while confirms.len() >= 2048 {
+            if let Some(Ok(false)) = confirms.join_next().await {
+                failed += 1;
+            }
+        }
+        confirms.spawn(async move { confirm.await.is_ok_and(|c| c.is_ack()) });
+    }
+    while let Some(result) = confirms.join_next().await {
+        if !matches!(result, Ok(true)) {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// Deletes the inboxes of the first `n` bench users, which would otherwise
+/// stay in RabbitMQ for twice `reliable.ttl_secs` (a durable queue each,
+/// recovered one by one when RabbitMQ restarts). Run after the server
+/// stopped, or its consumers would declare them again.
+async fn delete_inboxes(args: &Args, n: usize) -> Result<(), BoxError> {
+    let amqp: String = args.get("amqp", "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    for i in 0..n {
+        let queue = format!("switchboard.inbox.{}", user(i));
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    println!("deleted {n} bench inboxes");
+    Ok(())
+}
+
+/// Samples queue depths on its own connection with passive declarations
+/// (which report a queue's ready messages).
+struct DepthSampler {
+    summary: Arc<Mutex<DepthSummary>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DepthSampler {
+    fn start(amqp: String, inboxes: Vec<String>) -> DepthSampler {
+        let summary = Arc::new(Mutex::new(DepthSummary::default()));
+        let shared = summary.clone();
+        let task = tokio::spawn(async move {
+            let Ok(conn) = Connection::connect(&amqp, ConnectionProperties::default()).await else {
+                return;
+            };
+            let mut channel = None;
+            let mut round = 0u64;
+            loop {
+                // A declaration that fails (a queue that does not exist yet)
+                // closes its channel; the next sample opens another.
+                if !channel
+                    .as_ref()
+                    .is_some_and(|c: &lapin::Channel| c.status().connected())
+                {
+                    channel = conn.create_channel().await.ok();
+                }
+                // The inbound queue every quarter second; the inboxes (one
+                // declaration each) every second.
+                round += 1;
+                if let Some(ch) = &channel {
+                    let inbound = ready(ch, "switchboard.inbound.events").await;
+                    let mut total = None;
+                    if round.is_multiple_of(4) {
+                        let mut sum = 0u32;
+                        for queue in &inboxes {
+                            sum = sum.saturating_add(ready(ch, queue).await.unwrap_or(0));
+                        }
+                        total = Some(sum);
+                    }
+                    if let Some(inbound) = inbound {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        s.samples += 1;
+                        s.inbound_last = inbound;
+                        s.inbound_max = s.inbound_max.max(inbound);
+                        if let Some(total) = total {
+                            s.inboxes_last = total;
+                            s.inboxes_max = s.inboxes_max.max(total);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        DepthSampler { summary, task }
+    }
+
+    fn reset(&self) {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = DepthSummary::default();
+    }
+
+    fn summary(&self) -> DepthSummary {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Ready messages in `queue`, by a passive declaration.
+async fn ready(channel: &lapin::Channel, queue: &str) -> Option<u32> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .ok()?;
+    Some(declared.message_count())
 }
 
 /// Scenario 5: request/reply round trips (`qr_refresh` on Switchboard, a

@@ -8,7 +8,9 @@
 //! with no protocol, no registry and no broker. It shows the limit of the
 //! machine and of tokio-tungstenite; Switchboard's numbers are reported as a
 //! ratio to it. Like Switchboard, it keeps a bounded queue per connection and
-//! drops a connection whose queue is full.
+//! drops a connection whose queue is full (with a close frame). The load
+//! generator sends it the envelope Switchboard would deliver, so both
+//! deliver frames of the same size.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,9 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers) {
                 return;
             }
         }
+        // Dropped as a slow reader (its sender is gone): say so, as
+        // Switchboard does with 4001.
+        let _ = sink.send(Message::Close(None)).await;
     });
 
     while let Some(Ok(message)) = stream.next().await {
@@ -74,16 +79,25 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers) {
         }
         // Clone the senders under the lock, send outside it. A text message
         // clones by reference count, so the payload is shared.
-        let targets: Vec<mpsc::Sender<Message>> = {
+        let targets: Vec<(u64, mpsc::Sender<Message>)> = {
             let peers = peers.read().unwrap_or_else(|p| p.into_inner());
             peers
                 .iter()
                 .filter(|(k, _)| **k != id)
-                .map(|(_, v)| v.clone())
+                .map(|(k, v)| (*k, v.clone()))
                 .collect()
         };
-        for target in targets {
-            let _ = target.try_send(message.clone());
+        let mut slow = Vec::new();
+        for (peer, target) in targets {
+            if let Err(mpsc::error::TrySendError::Full(_)) = target.try_send(message.clone()) {
+                slow.push(peer);
+            }
+        }
+        if !slow.is_empty() {
+            let mut peers = peers.write().unwrap_or_else(|p| p.into_inner());
+            for peer in slow {
+                peers.remove(&peer);
+            }
         }
     }
     peers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);

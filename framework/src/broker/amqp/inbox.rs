@@ -48,11 +48,16 @@
 //!
 //! One durable queue and one binding per user with pending pushes (or online
 //! in the last TTL); one channel per online user on the node consuming it.
-//! RabbitMQ's default `channel_max` (2047 per connection) therefore caps the
-//! online users one node can serve reliably at about two thousand; beyond
-//! it, consumers fail to open and are retried, and those users' pushes wait
-//! in their inboxes. Sharing channels would lift the cap but loses the
-//! atomic hand-back described above.
+//! The channels live on the node's inbox connections
+//! (`reliable.consumer_connections`, users spread by a hash of their id),
+//! not on the main one: lapin's I/O thread looks at every channel of its
+//! connection for each frame it writes, so a thousand consumer channels on
+//! the connection that carries events and deliveries made that thread the
+//! node's largest CPU cost. RabbitMQ's default `channel_max` (2047 per
+//! connection) caps the online users one node serves reliably at about two
+//! thousand per inbox connection; beyond it, consumers fail to open and are
+//! retried, and those users' pushes wait in their inboxes. Sharing channels
+//! would lift the cap but loses the atomic hand-back described above.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -377,7 +382,7 @@ async fn open(
 /// Consumes one user's inbox until `stop`, across reconnects.
 async fn consume(inner: Arc<Inner>, unique_id: String, stop: CancellationToken, held: Held) {
     loop {
-        let link = match inner.connector.current() {
+        let link = match inner.inbox_link(&unique_id).current() {
             Some(link) if link.is_alive() => link,
             _ => {
                 tokio::select! {

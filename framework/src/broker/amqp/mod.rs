@@ -97,6 +97,11 @@ struct Inner {
     node_queue: String,
     max_retries: u32,
     connector: Connector,
+    /// Connections for the inbox consumers (`reliable.consumer_connections`),
+    /// so that their many channels neither count against the main
+    /// connection's `channel_max` nor slow its I/O thread, which lapin
+    /// makes look at every channel of a connection for each frame it writes.
+    inbox_links: Vec<Connector>,
     publisher: Publisher,
     /// The node's broker counters; `None` when built without them.
     metrics: Option<BrokerMetrics>,
@@ -192,6 +197,16 @@ impl Inner {
         result
     }
 
+    /// The connection that carries `unique_id`'s inbox consumer.
+    fn inbox_link(&self, unique_id: &str) -> &Connector {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        unique_id.hash(&mut hasher);
+        // At least one link exists (the configuration refuses 0).
+        let i = (hasher.finish() % self.inbox_links.len() as u64) as usize;
+        &self.inbox_links[i]
+    }
+
     /// A consumed message arrived again (flagged by RabbitMQ, or a retry).
     fn redelivered(&self) {
         if let Some(metrics) = &self.metrics {
@@ -215,6 +230,9 @@ impl Drop for AmqpBroker {
             inner.stop.cancel();
             inner.release.cancel();
             inner.connector.request_close();
+            for link in &inner.inbox_links {
+                link.request_close();
+            }
         }
     }
 }
@@ -327,11 +345,22 @@ impl Broker for AmqpBroker {
         }
 
         let publisher = Publisher::new(connector.clone(), self.max_in_flight, self.publish_timeout);
+        let mut inbox_links = Vec::new();
+        for i in 0..self.reliable.consumer_connections {
+            let settings = ConnectorSettings {
+                name: format!("switchboard {} inbox {i}", self.node_id),
+                ..ConnectorSettings::default()
+            };
+            let link = Connector::start(&self.url, settings, None)
+                .map_err(|err| BrokerError::Setup(err.to_string()))?;
+            inbox_links.push(link);
+        }
         let inner = Arc::new(Inner {
             node_id: self.node_id.clone(),
             node_queue: queue.clone(),
             max_retries: self.max_retries,
             connector: connector.clone(),
+            inbox_links,
             publisher,
             metrics: self.metrics.clone(),
             node,
@@ -481,9 +510,9 @@ impl Broker for AmqpBroker {
         }
     }
 
-    async fn claim_token(&self, token_id: &str, _expires_at: u64) -> Result<bool, BrokerError> {
+    async fn claim_token(&self, token_id: &str, expires_at: u64) -> Result<bool, BrokerError> {
         let inner = self.running()?;
-        tokens::claim(&inner.connector, token_id, self.publish_timeout).await
+        tokens::claim(&inner.connector, token_id, expires_at, self.publish_timeout).await
     }
 
     /// Asks the nodes that hold `unique_id` for their sessions, waiting at
@@ -532,6 +561,9 @@ impl Broker for AmqpBroker {
         inner.inbox.shutdown(Duration::from_secs(2)).await;
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        for link in &inner.inbox_links {
+            link.close().await;
+        }
         inner.connector.close().await;
         tracing::info!(target: "switchboard::amqp", node_id = %inner.node_id, "rabbitmq broker closed");
     }

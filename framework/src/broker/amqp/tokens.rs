@@ -5,10 +5,18 @@
 //! reject-publish`) and publishes one persistent marker into it with a
 //! publisher confirm. RabbitMQ serializes the publishes to one queue, so
 //! exactly one claim is acked; every later one is nacked, on whichever node
-//! it is made. The queue deletes itself [`RECORD_LIFETIME`] after its last
-//! use (`x-expires`), so the record of used tokens is bounded by the tokens
-//! issued in that window, and a token can never outlive its record because
-//! cluster mode caps `auth.token_ttl_secs` at the same lifetime.
+//! it is made. The queue deletes itself once the token has expired
+//! (`x-expires`: the token's remaining lifetime plus [`CLOCK_SLACK`], at most
+//! [`RECORD_LIFETIME`], counted from the queue's last use), so the record of
+//! used tokens holds only tokens that could still be presented; cluster mode
+//! caps `auth.token_ttl_secs` at `RECORD_LIFETIME`. Each record is a durable
+//! queue, and RabbitMQ recovers every durable queue when it restarts, so
+//! keeping them no longer than needed matters.
+//!
+//! A second claim computes another `x-expires` (time has passed), and
+//! RabbitMQ refuses to redeclare a queue with other arguments
+//! (`PRECONDITION_FAILED`): that refusal means the queue exists, so the
+//! token was claimed before, and is reported as such.
 //!
 //! Cost: one short-lived channel and three round trips to the broker per
 //! connect (declare, publish, confirm), plus one fsync that RabbitMQ batches
@@ -29,11 +37,29 @@ use crate::broker::BrokerError;
 /// `auth.token_ttl_secs` longer than this, so no valid token outlives it.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// Kept past a token's expiry, for nodes whose clocks run behind.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(60);
+
+/// How long the record of a token that expires at `expires_at` (Unix
+/// seconds) is kept after its last use, seen at `now`.
+fn record_lifetime(expires_at: u64, now: u64) -> Duration {
+    let remaining = Duration::from_secs(expires_at.saturating_sub(now));
+    (remaining + CLOCK_SLACK).min(RECORD_LIFETIME)
+}
+
+/// Whether RabbitMQ refused a declaration because the queue exists with
+/// other arguments.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    const PRECONDITION_FAILED: u16 = 406;
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == PRECONDITION_FAILED)
+}
+
 /// Claims `token_id` for this connect. `Ok(true)`: first use; `Ok(false)`:
 /// the token was already used, on any node.
 pub(super) async fn claim(
     connector: &Connector,
     token_id: &str,
+    expires_at: u64,
     timeout: Duration,
 ) -> Result<bool, BrokerError> {
     let unavailable = |what: &str, err: &dyn std::fmt::Display| {
@@ -61,7 +87,10 @@ pub(super) async fn claim(
             ShortString::from("x-overflow"),
             AMQPValue::LongString("reject-publish".into()),
         );
-        let lifetime_ms = RECORD_LIFETIME.as_millis() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lifetime_ms = record_lifetime(expires_at, now).as_millis() as i64;
         args.insert(
             ShortString::from("x-expires"),
             AMQPValue::LongLongInt(lifetime_ms),
@@ -70,10 +99,14 @@ pub(super) async fn claim(
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
+        match channel
             .queue_declare(queue.as_str().into(), durable, args)
             .await
-            .map_err(|e| unavailable("declare", &e))?;
+        {
+            Ok(_) => {}
+            Err(error) if is_precondition_failed(&error) => return Ok(false),
+            Err(error) => return Err(unavailable("declare", &error)),
+        }
 
         // The default exchange routes by queue name; mandatory makes a
         // missing queue (deleted between declare and publish) visible.
@@ -102,4 +135,19 @@ pub(super) async fn claim(
         .map_err(|_| BrokerError::Timeout {
             message_id: format!("token claim {token_id}"),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record lasts until its token expires plus the slack, never longer
+    /// than the cap, and a minute for a token already expired.
+    #[test]
+    fn records_last_as_long_as_their_token() {
+        assert_eq!(record_lifetime(1_060, 1_000), Duration::from_secs(120));
+        assert_eq!(record_lifetime(1_000, 1_000), CLOCK_SLACK);
+        assert_eq!(record_lifetime(900, 1_000), CLOCK_SLACK);
+        assert_eq!(record_lifetime(100_000, 1_000), RECORD_LIFETIME);
+    }
 }
