@@ -2,6 +2,8 @@
 //! one copy of what is addressed to it, whichever node it is on and
 //! whichever node processed the event.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use switchboard_tests::broker::{amqp_config, broker_available, unique};
 use switchboard_tests::{Client, TestNode};
@@ -185,6 +187,49 @@ async fn routing_follows_a_user_who_moves_between_nodes() {
     let id = publish(&nodes[0], event).await;
     expect_once(&mut second, &id).await;
     stop(nodes).await;
+}
+
+/// A token's cluster-wide record: the first claim wins, and every later
+/// one is refused, whether it declares the record with another lifetime
+/// (time passed between the claims: RabbitMQ refuses the declaration) or
+/// with the same one (the one-slot queue refuses the second marker).
+#[tokio::test]
+async fn token_records_refuse_every_later_claim() {
+    use switchboard::broker::amqp::tokens::claim;
+    use switchboard_client::{Connector, ConnectorSettings};
+    if !broker_available().await {
+        return;
+    }
+    let connector = Connector::start(
+        &switchboard_tests::amqp_url(),
+        ConnectorSettings::default(),
+        None,
+    )
+    .expect("valid URL");
+    connector
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    let token = unique("token");
+    let timeout = Duration::from_secs(10);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+
+    let first = claim(&connector, &token, now + 60, timeout).await;
+    assert!(first.expect("first claim answered"), "first claim wins");
+    let longer = claim(&connector, &token, now + 600, timeout).await;
+    assert!(
+        !longer.expect("claim answered"),
+        "another lifetime is refused"
+    );
+    let again = claim(&connector, &token, now + 60, timeout).await;
+    assert!(
+        !again.expect("claim answered"),
+        "the same lifetime is refused"
+    );
+    connector.close().await;
 }
 
 /// A token used on one node is refused with 401 on every other node, and

@@ -54,9 +54,16 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == PRECONDITION_FAILED)
 }
 
-/// Claims `token_id` for this connect. `Ok(true)`: first use; `Ok(false)`:
-/// the token was already used, on any node.
-pub(super) async fn claim(
+/// Claims `token_id`, a token that expires at `expires_at` (Unix seconds),
+/// on `connector`'s broker. `Ok(true)`: first use; `Ok(false)`: the token was
+/// already used, on any node.
+///
+/// # Errors
+///
+/// [`BrokerError::Unavailable`] when the broker cannot answer, and
+/// [`BrokerError::Timeout`] after `timeout`; the caller must then refuse the
+/// connect, since whether the token was used is unknown.
+pub async fn claim(
     connector: &Connector,
     token_id: &str,
     expires_at: u64,
