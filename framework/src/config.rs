@@ -113,6 +113,13 @@ pub struct ServerConfig {
     /// nodes in the same instant. Must be shorter than `shutdown_grace_secs`.
     /// Default 5; 0 closes every session at once.
     pub drain_spread_secs: u64,
+    /// Seconds a client has to send the complete headers of an HTTP request
+    /// (the WebSocket upgrade included), counted from opening the
+    /// connection, from the request's first byte, or from the end of the
+    /// previous request on it; a slower or silent client is disconnected,
+    /// so idle or trickling connections cannot pile up. Upgraded sessions
+    /// are not affected. Default 10; 0 is refused.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +129,7 @@ impl Default for ServerConfig {
             public_url: None,
             shutdown_grace_secs: 10,
             drain_spread_secs: 5,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -458,6 +466,9 @@ impl Config {
                 "ws.ping_interval_secs",
                 "must be shorter than ws.idle_timeout_secs, or pongs cannot keep a session alive",
             );
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            return invalid("server.header_read_timeout_secs", "must be at least 1");
         }
         if self.server.drain_spread_secs != 0
             && self.server.drain_spread_secs >= self.server.shutdown_grace_secs

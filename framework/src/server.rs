@@ -141,11 +141,13 @@ impl Server {
                 node.begin_drain();
             }
         };
-        let http = warp::serve(routes).incoming(listener).graceful(drain).run();
+        let header_timeout = Duration::from_secs(node.config().server.header_read_timeout_secs);
+        let http = serve_http(listener, routes, header_timeout, drain);
 
-        // warp's graceful shutdown waits for every HTTP connection to finish,
-        // including one whose client stopped halfway through a request; the
-        // grace period bounds that wait too, and dropping `http` closes them.
+        // The graceful shutdown waits for every HTTP connection to finish,
+        // including one whose client stopped halfway through a request body;
+        // the grace period bounds that wait too, and dropping `http` closes
+        // them.
         let overdue = async {
             node.shutdown_token().cancelled().await;
             tokio::time::sleep(grace).await;
@@ -250,4 +252,81 @@ async fn make_broker(
             AmqpBroker::new(config, node_id)?.with_metrics(metrics),
         )),
     }
+}
+
+/// Pause after a failed `accept` (for example, out of file descriptors)
+/// before trying again, so the loop does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves HTTP/1.1 (with upgrades) on `listener` until `drain` resolves,
+/// then stops accepting and waits for the open connections to finish.
+///
+/// This is what `warp::serve` does, plus what it has no setting for: a
+/// limit on how long a client may take to send a request's headers.
+/// hyper enforces it once it has a timer.
+async fn serve_http<F, R>(
+    listener: TcpListener,
+    routes: F,
+    header_timeout: Duration,
+    drain: impl Future<Output = ()>,
+) where
+    F: warp::Filter<Extract = (R,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R: warp::Reply,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut drain = std::pin::pin!(drain);
+    loop {
+        let stream = tokio::select! {
+            () = &mut drain => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(target: "switchboard::server", error = %error, "accept failed");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let routes = routes.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // hyper's header timeout starts at the first byte of a request;
+            // a connection that sends nothing at all gets the same time to
+            // send its first byte (peeked, so hyper still reads it).
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                tracing::debug!(target: "switchboard::server", "connection sent nothing; closed");
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(warp::service(routes)),
+                )
+                .into_owned();
+            // A client that went away or was too slow ends its connection
+            // here; that is its business, not an error of the node.
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(target: "switchboard::server", error = %error, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -114,6 +114,40 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
     );
 }
 
+/// A client that sends part of a request's headers and then nothing, and
+/// one that sends nothing at all, are disconnected once
+/// `server.header_read_timeout_secs` has passed; others are served
+/// meanwhile.
+#[tokio::test]
+async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = test_config();
+    config.server.header_read_timeout_secs = 1;
+    let node = TestNode::start_with(config).await;
+    let mut trickle = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects");
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("writes");
+    let mut silent = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects");
+    assert_eq!(node.get("/healthz").await.0, 200);
+
+    // Closed by the server: the read ends (EOF or reset) well before the
+    // deadline; an open connection would wait the whole deadline.
+    for (what, stream) in [("trickling", &mut trickle), ("silent", &mut silent)] {
+        let mut answer = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(ended.is_ok(), "{what} connection still open after 5 s");
+    }
+    node.stop().await;
+}
+
 /// A client that stopped halfway through an HTTP request does not hold the
 /// drain past `server.shutdown_grace_secs`.
 #[tokio::test]
