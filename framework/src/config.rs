@@ -118,7 +118,7 @@ pub struct ServerConfig {
     /// connection, from the request's first byte, or from the end of the
     /// previous request on it; a slower or silent client is disconnected,
     /// so idle or trickling connections cannot pile up. Upgraded sessions
-    /// are not affected. Default 10; 0 is refused.
+    /// are not affected. Default 30 (hyper's own default); 0 is refused.
     pub header_read_timeout_secs: u64,
 }
 
@@ -129,7 +129,7 @@ impl Default for ServerConfig {
             public_url: None,
             shutdown_grace_secs: 10,
             drain_spread_secs: 5,
-            header_read_timeout_secs: 10,
+            header_read_timeout_secs: 30,
         }
     }
 }
