@@ -282,6 +282,9 @@ async fn serve_http<F, R>(
     use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Cancelled when the drain begins, so connections still waiting for
+    // their first byte close at once instead of holding up the shutdown.
+    let closing = CancellationToken::new();
     let mut drain = std::pin::pin!(drain);
     loop {
         let stream = tokio::select! {
@@ -302,15 +305,19 @@ async fn serve_http<F, R>(
             .header_read_timeout(header_timeout);
         let routes = routes.clone();
         let watcher = graceful.watcher();
+        let closing = closing.clone();
         tokio::spawn(async move {
             // hyper's header timeout starts at the first byte of a request;
             // a connection that sends nothing at all gets the same time to
             // send its first byte (peeked, so hyper still reads it).
             let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(1))
-            ) {
+            let started = tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                    matches!(peeked, Ok(Ok(1)))
+                }
+                () = closing.cancelled() => false,
+            };
+            if !started {
                 tracing::debug!(target: "switchboard::server", "connection sent nothing; closed");
                 return;
             }
@@ -328,5 +335,6 @@ async fn serve_http<F, R>(
         });
     }
     drop(listener);
+    closing.cancel();
     graceful.shutdown().await;
 }

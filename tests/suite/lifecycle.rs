@@ -148,6 +148,30 @@ async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
     node.stop().await;
 }
 
+/// A connection that has sent nothing yet does not hold up a drain: it is
+/// closed when the drain begins, not when its header timeout or the grace
+/// period runs out.
+#[tokio::test]
+async fn silent_connection_does_not_delay_the_drain() {
+    let mut config = test_config();
+    config.server.shutdown_grace_secs = 5;
+    config.server.header_read_timeout_secs = 30;
+    let node = TestNode::start_with(config).await;
+    let silent = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects");
+    assert_eq!(node.get("/healthz").await.0, 200);
+
+    let stopping = Instant::now();
+    node.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "stop waited {took:?} for a connection that sent nothing"
+    );
+    drop(silent);
+}
+
 /// A client that stopped halfway through an HTTP request does not hold the
 /// drain past `server.shutdown_grace_secs`.
 #[tokio::test]
