@@ -142,31 +142,24 @@ impl Server {
             }
         };
         let header_timeout = Duration::from_secs(node.config().server.header_read_timeout_secs);
-        let http = serve_http(listener, routes, header_timeout, drain);
+        let mut http = tokio::spawn(serve_http(listener, routes, header_timeout, drain));
 
-        // The graceful shutdown waits for every HTTP connection to finish,
-        // including one whose client stopped halfway through a request body;
-        // the grace period bounds that wait too, and dropping `http` closes
-        // them.
-        let overdue = async {
-            node.shutdown_token().cancelled().await;
-            tokio::time::sleep(grace).await;
+        // Serve until the drain begins (or the HTTP server ends by itself).
+        let mut http_done = tokio::select! {
+            () = node.shutdown_token().cancelled() => false,
+            _ = &mut http => true,
         };
-        tokio::select! {
-            () = http => {}
-            () = overdue => tracing::warn!(
-                target: "switchboard::server",
-                "HTTP connections still open at the end of the grace period; closing them"
-            ),
-        }
-
-        // warp does not track upgraded sockets; the sessions close themselves
-        // on the drain signal, and we wait for them here.
         let started = drain_started
             .get()
             .copied()
             .unwrap_or_else(tokio::time::Instant::now);
         let deadline = started + grace;
+
+        // Sessions close themselves on the drain signal (warp does not track
+        // upgraded sockets); then the broker finishes or hands back its
+        // in-flight work. Meanwhile the HTTP server, which stopped accepting,
+        // lets open requests finish; a client that stalls mid-request does
+        // not hold up the sessions or the broker.
         if tokio::time::timeout_at(deadline, node.session_tasks().wait())
             .await
             .is_err()
@@ -185,6 +178,16 @@ impl Server {
                 target: "switchboard::server",
                 "broker work still in flight at the end of the grace period"
             );
+        }
+        if !http_done {
+            http_done = tokio::time::timeout_at(deadline, &mut http).await.is_ok();
+        }
+        if !http_done {
+            tracing::warn!(
+                target: "switchboard::server",
+                "HTTP connections still open at the end of the grace period; closing them"
+            );
+            http.abort();
         }
         tracing::info!(target: "switchboard::server", "stopped");
     }
