@@ -116,10 +116,12 @@ pub struct ServerConfig {
     /// Seconds a client has to send the complete headers of an HTTP request
     /// (the WebSocket upgrade included), counted from opening the
     /// connection, from the request's first byte, or from the end of the
-    /// previous request on it; a slower or silent client is disconnected,
-    /// so idle or trickling connections cannot pile up. Upgraded sessions
-    /// are not affected. Default 30 (hyper's own default); 0 is refused.
-    pub header_read_timeout_secs: u64,
+    /// previous request on it; a slower or silent client is disconnected.
+    /// The same limit bounds reading the body and answering: a request not
+    /// answered in time gets 408 and its connection is closed. So idle or
+    /// trickling connections cannot pile up. Upgraded sessions are not
+    /// affected. Default 30; 0 is refused.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -129,7 +131,7 @@ impl Default for ServerConfig {
             public_url: None,
             shutdown_grace_secs: 10,
             drain_spread_secs: 5,
-            header_read_timeout_secs: 30,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -467,8 +469,8 @@ impl Config {
                 "must be shorter than ws.idle_timeout_secs, or pongs cannot keep a session alive",
             );
         }
-        if self.server.header_read_timeout_secs == 0 {
-            return invalid("server.header_read_timeout_secs", "must be at least 1");
+        if self.server.request_timeout_secs == 0 {
+            return invalid("server.request_timeout_secs", "must be at least 1");
         }
         if self.server.drain_spread_secs != 0
             && self.server.drain_spread_secs >= self.server.shutdown_grace_secs

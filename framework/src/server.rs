@@ -141,8 +141,8 @@ impl Server {
                 node.begin_drain();
             }
         };
-        let header_timeout = Duration::from_secs(node.config().server.header_read_timeout_secs);
-        let mut http = tokio::spawn(serve_http(listener, routes, header_timeout, drain));
+        let request_timeout = Duration::from_secs(node.config().server.request_timeout_secs);
+        let mut http = tokio::spawn(serve_http(listener, routes, request_timeout, drain));
 
         // Serve until the drain begins (or the HTTP server ends by itself).
         let mut http_done = tokio::select! {
@@ -265,12 +265,13 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// then stops accepting and waits for the open connections to finish.
 ///
 /// This is what `warp::serve` does, plus what it has no setting for: a
-/// limit on how long a client may take to send a request's headers.
-/// hyper enforces it once it has a timer.
+/// limit on how long a client may take to send a request's headers (hyper
+/// enforces it once it has a timer) and, by [`timed`], on how long a
+/// request may take to be read and answered.
 async fn serve_http<F, R>(
     listener: TcpListener,
     routes: F,
-    header_timeout: Duration,
+    request_timeout: Duration,
     drain: impl Future<Output = ()>,
 ) where
     F: warp::Filter<Extract = (R,), Error = std::convert::Infallible>
@@ -282,7 +283,6 @@ async fn serve_http<F, R>(
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Cancelled when the drain begins, so connections still waiting for
@@ -305,7 +305,7 @@ async fn serve_http<F, R>(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(request_timeout);
         let routes = routes.clone();
         let watcher = graceful.watcher();
         let closing = closing.clone();
@@ -315,7 +315,7 @@ async fn serve_http<F, R>(
             // send its first byte (peeked, so hyper still reads it).
             let mut first = [0u8; 1];
             let started = tokio::select! {
-                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                peeked = tokio::time::timeout(request_timeout, stream.peek(&mut first)) => {
                     matches!(peeked, Ok(Ok(1)))
                 }
                 () = closing.cancelled() => false,
@@ -324,11 +324,13 @@ async fn serve_http<F, R>(
                 tracing::debug!(target: "switchboard::server", "connection sent nothing; closed");
                 return;
             }
+            let routes = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+            let service = hyper::service::service_fn(move |request| {
+                let answer = hyper::service::Service::call(&routes, request);
+                timed(answer, request_timeout)
+            });
             let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(warp::service(routes)),
-                )
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             // A client that went away or was too slow ends its connection
             // here; that is its business, not an error of the node.
@@ -340,4 +342,34 @@ async fn serve_http<F, R>(
     drop(listener);
     closing.cancel();
     graceful.shutdown().await;
+}
+
+/// A request whose body and handling take longer than `limit` is answered
+/// 408 and its connection closed, so a client that sends complete headers
+/// and then trickles or withholds the body cannot hold a connection. A
+/// WebSocket upgrade completes at once (the session runs apart from it).
+async fn timed<F>(
+    answer: F,
+    limit: Duration,
+) -> Result<warp::reply::Response, std::convert::Infallible>
+where
+    F: Future<Output = Result<warp::reply::Response, std::convert::Infallible>>,
+{
+    use warp::Reply;
+    match tokio::time::timeout(limit, answer).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::debug!(target: "switchboard::server", "request not complete in time; 408");
+            let mut response = warp::reply::with_status(
+                "request not complete in time\n",
+                warp::http::StatusCode::REQUEST_TIMEOUT,
+            )
+            .into_response();
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+            Ok(response)
+        }
+    }
 }

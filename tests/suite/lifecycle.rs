@@ -116,14 +116,14 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
 
 /// A client that sends part of a request's headers and then nothing, and
 /// one that sends nothing at all, are disconnected once
-/// `server.header_read_timeout_secs` has passed; others are served
+/// `server.request_timeout_secs` has passed; others are served
 /// meanwhile.
 #[tokio::test]
 async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut config = test_config();
-    config.server.header_read_timeout_secs = 1;
+    config.server.request_timeout_secs = 1;
     let node = TestNode::start_with(config).await;
     let mut trickle = tokio::net::TcpStream::connect(node.addr())
         .await
@@ -148,6 +148,33 @@ async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
     node.stop().await;
 }
 
+/// A request whose body does not arrive in `server.request_timeout_secs` is
+/// answered 408 and its connection closed.
+#[tokio::test]
+async fn withheld_request_body_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = test_config();
+    config.server.request_timeout_secs = 1;
+    let node = TestNode::start_with(config).await;
+    let mut slow = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects");
+    slow.write_all(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .expect("writes");
+
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "connection still open after 5 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(node.get("/healthz").await.0, 200);
+    node.stop().await;
+}
+
 /// A connection that has sent nothing yet does not hold up a drain: it is
 /// closed when the drain begins, not when its header timeout or the grace
 /// period runs out.
@@ -155,7 +182,7 @@ async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
 async fn silent_connection_does_not_delay_the_drain() {
     let mut config = test_config();
     config.server.shutdown_grace_secs = 5;
-    config.server.header_read_timeout_secs = 30;
+    config.server.request_timeout_secs = 30;
     let node = TestNode::start_with(config).await;
     let silent = tokio::net::TcpStream::connect(node.addr())
         .await
