@@ -114,6 +114,13 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
     );
 }
 
+/// A plain TCP connection to `node`, for clients that misbehave below HTTP.
+async fn raw_connection(node: &TestNode) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(node.addr())
+        .await
+        .expect("connects")
+}
+
 /// A client that sends part of a request's headers and then nothing, and
 /// one that sends nothing at all, are disconnected once
 /// `server.request_timeout_secs` has passed; others are served
@@ -125,16 +132,12 @@ async fn slow_or_silent_clients_are_cut_off_at_the_header_timeout() {
     let mut config = test_config();
     config.server.request_timeout_secs = 1;
     let node = TestNode::start_with(config).await;
-    let mut trickle = tokio::net::TcpStream::connect(node.addr())
-        .await
-        .expect("connects");
+    let mut trickle = raw_connection(&node).await;
     trickle
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("writes");
-    let mut silent = tokio::net::TcpStream::connect(node.addr())
-        .await
-        .expect("connects");
+    let mut silent = raw_connection(&node).await;
     assert_eq!(node.get("/healthz").await.0, 200);
 
     // Closed by the server: the read ends (EOF or reset) well before the
@@ -157,9 +160,7 @@ async fn withheld_request_body_is_answered_408() {
     let mut config = test_config();
     config.server.request_timeout_secs = 1;
     let node = TestNode::start_with(config).await;
-    let mut slow = tokio::net::TcpStream::connect(node.addr())
-        .await
-        .expect("connects");
+    let mut slow = raw_connection(&node).await;
     slow.write_all(
         b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     )
@@ -184,9 +185,7 @@ async fn silent_connection_does_not_delay_the_drain() {
     config.server.shutdown_grace_secs = 5;
     config.server.request_timeout_secs = 30;
     let node = TestNode::start_with(config).await;
-    let silent = tokio::net::TcpStream::connect(node.addr())
-        .await
-        .expect("connects");
+    let silent = raw_connection(&node).await;
     assert_eq!(node.get("/healthz").await.0, 200);
 
     let stopping = Instant::now();
@@ -208,9 +207,7 @@ async fn half_sent_request_does_not_hold_the_drain_past_the_grace_period() {
     let mut config = test_config();
     config.server.shutdown_grace_secs = 1;
     let node = TestNode::start_with(config).await;
-    let mut half = tokio::net::TcpStream::connect(node.addr())
-        .await
-        .expect("connects");
+    let mut half = raw_connection(&node).await;
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("writes");
