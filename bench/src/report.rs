@@ -33,9 +33,28 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// CPU microseconds per delivery in a step of the process whose CPU
+/// seconds are under `key`; NaN where not measured.
+fn micros_per_delivery(step: &Value, key: &str) -> f64 {
+    num(&step[key]) * 1e6 / num(&step["deliveries"])
+}
+
 /// Server CPU microseconds per delivery in a step; NaN where not measured.
 fn cpu_per_delivery(step: &Value) -> f64 {
-    num(&step["server_cpu_secs"]) * 1e6 / num(&step["deliveries"])
+    micros_per_delivery(step, "server_cpu_secs")
+}
+
+/// A Markdown table's header: `text` columns aligned left, then `numbers`
+/// aligned right.
+fn table_head(md: &mut String, text: &[&str], numbers: &[&str]) {
+    let names: Vec<&str> = text.iter().chain(numbers).copied().collect();
+    let _ = writeln!(md, "| {} |", names.join(" | "));
+    let aligns: Vec<&str> = text
+        .iter()
+        .map(|_| "---")
+        .chain(numbers.iter().map(|_| "---:"))
+        .collect();
+    let _ = writeln!(md, "| {} |", aligns.join(" | "));
 }
 
 /// Writes `summary.md` and `plot.svg` into `dir`; returns the summary text.
@@ -55,11 +74,11 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
 
     // Idle memory.
     let _ = writeln!(md, "### Idle connections\n");
-    let _ = writeln!(
-        md,
-        "| server | connections | connects/s | RSS per connection (KiB) |"
+    table_head(
+        &mut md,
+        &["server"],
+        &["connections", "connects/s", "RSS per connection (KiB)"],
     );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
     let mut memory = Vec::new();
     for t in targets {
         if let Some(r) = load(dir, &format!("idle-{t}")) {
@@ -78,13 +97,17 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
 
     // Fan-out.
     let _ = writeln!(md, "\n### Broadcast fan-out (best sustained step)\n");
-    let _ = writeln!(
-        md,
-        "| server | step | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/delivery |"
-    );
-    let _ = writeln!(
-        md,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    table_head(
+        &mut md,
+        &["server", "step"],
+        &[
+            "deliveries/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "server CPU µs/delivery",
+        ],
     );
     let mut fan = Vec::new();
     for t in targets {
@@ -130,13 +153,20 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
     ] {
         let Some(r) = load(dir, name) else { continue };
         let _ = writeln!(md, "\n### {name}, every step\n");
-        let _ = writeln!(
-            md,
-            "| step | sent | expected | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/delivery |"
-        );
-        let _ = writeln!(
-            md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        table_head(
+            &mut md,
+            &["step"],
+            &[
+                "sent",
+                "expected",
+                "delivered",
+                "deliveries/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "server CPU µs/delivery",
+            ],
         );
         for s in r["results"]["steps"].as_array().into_iter().flatten() {
             let l = &s["latency"];
@@ -161,13 +191,20 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
     for name in ["unicast-switchboard", "reliable-switchboard"] {
         let Some(r) = load(dir, name) else { continue };
         let _ = writeln!(md, "\n### {name}, CPU per push and queue depths\n");
-        let _ = writeln!(
-            md,
-            "| step | deliveries/s | server µs/push | RabbitMQ µs/push | load generator µs/push | inbound ready, max | inboxes ready, max |"
+        table_head(
+            &mut md,
+            &["step"],
+            &[
+                "deliveries/s",
+                "server µs/push",
+                "RabbitMQ µs/push",
+                "load generator µs/push",
+                "inbound ready, max",
+                "inboxes ready, max",
+            ],
         );
-        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
         for s in r["results"]["steps"].as_array().into_iter().flatten() {
-            let per = |key: &str| num(&s[key]) * 1e6 / num(&s["deliveries"]);
+            let per = |key: &str| micros_per_delivery(s, key);
             let d = &s["queue_depth"];
             let _ = writeln!(
                 md,
@@ -185,11 +222,11 @@ pub fn write(dir: &Path) -> std::io::Result<String> {
 
     // Request/reply.
     let _ = writeln!(md, "\n### Request/reply\n");
-    let _ = writeln!(
-        md,
-        "| server | clients | round trips/s | p50 ms | p99 ms | max ms |"
+    table_head(
+        &mut md,
+        &["server"],
+        &["clients", "round trips/s", "p50 ms", "p99 ms", "max ms"],
     );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for t in targets {
         let Some(r) = load(dir, &format!("reqreply-{t}")) else {
             continue;

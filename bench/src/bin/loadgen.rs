@@ -370,14 +370,19 @@ impl Receivers {
         seen()
     }
 
-    /// Stops the receivers and returns the histograms, per step.
-    async fn finish(mut self) -> Vec<Histogram<u64>> {
+    /// Stops the receivers and fills in each step's latency from what they
+    /// recorded for its number.
+    async fn finish(mut self, steps: Vec<(usize, Step)>) -> Vec<Step> {
         self.shared.stop.store(true, Ordering::Relaxed);
         while self.set.join_next().await.is_some() {}
-        self.shared
-            .histograms
-            .iter()
-            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        let histograms = &self.shared.histograms;
+        steps
+            .into_iter()
+            .map(|(i, mut step)| {
+                let histogram = histograms[i].lock().unwrap_or_else(|p| p.into_inner());
+                step.latency = Percentiles::of(&histogram);
+                step
+            })
             .collect()
     }
 }
@@ -556,14 +561,7 @@ async fn fanout(endpoint: &Endpoint, args: &Args, pid: u32) -> Result<Value, Box
             }
         }
     }
-    let histograms = receivers.finish().await;
-    let steps: Vec<Step> = steps
-        .into_iter()
-        .map(|(i, mut s)| {
-            s.latency = Percentiles::of(&histograms[i]);
-            s
-        })
-        .collect();
+    let steps = receivers.finish(steps).await;
     Ok(json!({ "connections": n, "steps": steps }))
 }
 
@@ -644,14 +642,7 @@ async fn unicast(
         ));
     }
     depths.stop();
-    let histograms = receivers.finish().await;
-    let steps: Vec<Step> = steps
-        .into_iter()
-        .map(|(i, mut s)| {
-            s.latency = Percentiles::of(&histograms[i]);
-            s
-        })
-        .collect();
+    let steps = receivers.finish(steps).await;
     Ok(json!({ "connections": n, "steps": steps }))
 }
 
