@@ -34,9 +34,14 @@ fn num(v: &Value) -> f64 {
 }
 
 /// CPU microseconds per delivery in a step of the process whose CPU
-/// seconds are under `key`; NaN where not measured.
-fn micros_per_delivery(step: &Value, key: &str) -> f64 {
-    num(&step[key]) * 1e6 / num(&step["deliveries"])
+/// seconds are under `key`; NaN where not measured or nothing was delivered.
+pub fn micros_per_delivery(step: &Value, key: &str) -> f64 {
+    let deliveries = num(&step["deliveries"]);
+    if deliveries > 0.0 {
+        num(&step[key]) * 1e6 / deliveries
+    } else {
+        f64::NAN
+    }
 }
 
 /// Server CPU microseconds per delivery in a step; NaN where not measured.

@@ -201,7 +201,7 @@ fn print_report(report: &Report) {
                 l["p99_ms"].as_f64().unwrap_or(0.0),
                 l["p999_ms"].as_f64().unwrap_or(0.0),
                 l["max_ms"].as_f64().unwrap_or(0.0),
-                server_micros_per_delivery(s).unwrap_or(f64::NAN),
+                switchboard_bench::report::micros_per_delivery(s, "server_cpu_secs"),
             );
         }
     } else {
@@ -212,13 +212,7 @@ fn print_report(report: &Report) {
     }
 }
 
-/// Server CPU microseconds per delivery in one step, where measured.
-fn server_micros_per_delivery(step: &Value) -> Option<f64> {
-    let cpu = step["server_cpu_secs"].as_f64()?;
-    let deliveries = step["deliveries"].as_f64().filter(|d| *d > 0.0)?;
-    Some(cpu * 1e6 / deliveries)
-}
-
+/// The `uniqueId` of the load generator's `i`th user.
 fn user(i: usize) -> String {
     format!("bench-{i}")
 }
