@@ -166,6 +166,26 @@ async fn run() -> Result<(), BoxError> {
     if let Some(path) = args.0.get("json") {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
+    if args.get("require-deliveries", false) {
+        require_deliveries(&report.results)?;
+    }
+    Ok(())
+}
+
+/// Fails when a step delivered nothing or no round trip completed: with
+/// `--require-deliveries true` (the smoke run in CI) a scenario that
+/// silently stopped working fails the build, though timings are not judged.
+fn require_deliveries(results: &Value) -> Result<(), BoxError> {
+    if let Some(steps) = results["steps"].as_array() {
+        for step in steps {
+            if step["deliveries"].as_u64().unwrap_or(0) == 0 {
+                return Err(format!("step {} delivered nothing", step["label"]).into());
+            }
+        }
+    }
+    if results.get("round_trips").is_some() && results["round_trips"].as_u64().unwrap_or(0) == 0 {
+        return Err("no round trip completed".into());
+    }
     Ok(())
 }
 
