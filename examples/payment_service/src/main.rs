@@ -21,6 +21,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut user, mut order, mut status) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            return Ok(());
+        }
         let value = args.next().ok_or(USAGE)?;
         match flag.as_str() {
             "--amqp" => amqp = value,
